@@ -1,0 +1,57 @@
+"""Backbones by name: a plain dict of builders (``BACKBONES``), no registry machinery."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from .base import Backbone, FeatureInfo, check_output_stride, plan_stages
+from .mobilenet import MobileNetV2Backbone
+from .resnet import ResNetBackbone
+from .xception import Xception65Backbone
+
+RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+
+
+def _resnet(depth: int) -> Callable[..., Backbone]:
+    def build(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
+              first_unit_previous_dilation: bool, width_mult: float) -> Backbone:
+        _only_default("width_mult", width_mult, 1.0, f"resnet{depth}")
+        return ResNetBackbone(depth=depth, output_stride=output_stride, multi_grid=multi_grid,
+                              extra_blocks=extra_blocks, first_unit_previous_dilation=first_unit_previous_dilation)
+    return build
+
+
+def _mobilenet_v2(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
+                  first_unit_previous_dilation: bool, width_mult: float) -> Backbone:
+    _only_default("extra_blocks", extra_blocks, 0, "mobilenet_v2")
+    return MobileNetV2Backbone(output_stride=output_stride, width_mult=width_mult)
+
+
+def _xception65(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
+                first_unit_previous_dilation: bool, width_mult: float) -> Backbone:
+    _only_default("extra_blocks", extra_blocks, 0, "xception65")
+    _only_default("width_mult", width_mult, 1.0, "xception65")
+    return Xception65Backbone(output_stride=output_stride)
+
+
+def _only_default(name: str, value: object, default: object, backbone: str) -> None:
+    if value != default:
+        raise ValueError(f"{name}={value!r} is not supported by backbone {backbone!r} (only {default!r})")
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    **{name: _resnet(depth) for name, depth in RESNET_DEPTHS.items()},
+    "mobilenet_v2": _mobilenet_v2,
+    "xception65": _xception65,
+}
+
+
+def build_backbone(name: str, **kwargs) -> Backbone:
+    """Build a backbone by name; an unknown name raises ``ValueError`` listing the valid ones."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
+    return BACKBONES[name](**kwargs)
+
+
+__all__ = ["BACKBONES", "Backbone", "FeatureInfo", "build_backbone", "check_output_stride", "plan_stages",
+           "MobileNetV2Backbone", "ResNetBackbone", "Xception65Backbone"]

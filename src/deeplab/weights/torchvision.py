@@ -1,0 +1,83 @@
+"""torchvision-layout weights: DeepLabV3 checkpoints and ImageNet ResNet classifiers.
+
+torchvision's ``deeplabv3_resnet50/101`` differ from the paper: output stride 8 with the first unit of each
+newly dilated stage keeping the previous dilation, ASPP rates (12, 24, 36), a 3×3 conv + BN + ReLU after
+the projection, dropout 0.5, no multi-grid, and an FCN auxiliary head. ``load_torchvision`` builds exactly
+that configuration from the file's own keys and loads it strictly, so our model computes what
+torchvision's does with the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from torch import Tensor
+
+from ..models.backbones.resnet import DEPTHS, ResNetBackbone
+from ..models.builders import deeplabv3
+from ..models.deeplab import DeepLab
+from .io import LoadReport, WeightsError, load_weights, read_state_dict
+
+TORCHVISION_DEEPLABV3_DEPTHS = (50, 101)
+
+
+def torchvision_deeplabv3_config(depth: int, num_classes: int = 21, aux_loss: bool = True) -> dict[str, Any]:
+    """Builder arguments that reproduce torchvision's ``deeplabv3_resnet{depth}``."""
+    if depth not in TORCHVISION_DEEPLABV3_DEPTHS:
+        raise ValueError(f"torchvision DeepLabV3 exists for ResNet depths {TORCHVISION_DEEPLABV3_DEPTHS}, got {depth}")
+    return dict(backbone=f"resnet{depth}", num_classes=num_classes, output_stride=8, multi_grid=(1, 1, 1),
+                aspp_rates=(12, 24, 36), head_conv=True, aspp_dropout=0.5, aux_loss=aux_loss,
+                first_unit_previous_dilation=True)
+
+
+def load_torchvision(
+    source: str | os.PathLike | Mapping[str, Tensor], *, num_classes: int | None = None, finetune: bool = False
+) -> DeepLab:
+    """Build torchvision's DeepLabV3 configuration for a torchvision checkpoint and load it strictly.
+
+    The depth (50/101), class count and aux head are read from the file. Passing ``num_classes`` different
+    from the file's requires ``finetune=True``: everything but the class layers is loaded.
+    """
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    state = read_state_dict(source)
+    if "fc.weight" in state and "conv1.weight" in state:
+        raise WeightsError(f"{name}: is an ImageNet ResNet classifier, not a DeepLabV3 checkpoint; "
+                           "load it with deeplab.weights.load_backbone_weights(model, path)")
+    if "classifier.4.weight" not in state or "backbone.conv1.weight" not in state:
+        raise WeightsError(f"{name}: not a torchvision deeplabv3_resnet50/101 state dict "
+                           "(expected keys backbone.conv1.weight and classifier.4.weight)")
+    depth = _resnet_depth(state, "backbone.", name)
+    file_classes = state["classifier.4.weight"].shape[0]
+    has_aux = any(k.startswith("aux_classifier.") for k in state)
+    model = deeplabv3(**torchvision_deeplabv3_config(depth, num_classes or file_classes, has_aux))
+    load_weights(model, state, finetune=finetune)
+    return model
+
+
+def load_resnet_imagenet(backbone: ResNetBackbone, source: str | os.PathLike | Mapping[str, Tensor]) -> LoadReport:
+    """Load a torchvision ImageNet ResNet file (``resnet50-*.pth``, with ``fc.*``) into a ResNet backbone.
+
+    ``fc.*`` is dropped (a classifier head the segmentation model does not have); the depth must match;
+    the extra cascaded blocks (``layer5``..``layer7``), absent from ImageNet files, stay at initialisation.
+    """
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    state = read_state_dict(source)
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    depth = _resnet_depth(state, "", name)
+    if depth != backbone.depth:
+        raise WeightsError(f"{name}: holds a ResNet-{depth}, the model's backbone is ResNet-{backbone.depth}")
+    return load_weights(backbone, state, allow_missing=("layer5.", "layer6.", "layer7."))
+
+
+def _resnet_depth(state: Mapping[str, Tensor], prefix: str, name: str) -> int:
+    """Identify the ResNet depth from the unit count per stage and the block type."""
+    counts = tuple(len({k[len(prefix):].split(".")[1] for k in state if k.startswith(f"{prefix}layer{i}.")}) for i in range(1, 5))
+    bottleneck = f"{prefix}layer1.0.conv3.weight" in state
+    for depth, (block, layers) in DEPTHS.items():
+        if layers == counts and (block.expansion == 4) == bottleneck:
+            return depth
+    raise WeightsError(f"{name}: ResNet stages with {counts} units match no known depth "
+                       f"({', '.join(f'resnet{d}' for d in DEPTHS)})")
