@@ -73,6 +73,10 @@ class ASPPPooling(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(in_channels, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] == 1 and self[2].training:
+            # PyTorch's own message ("Expected more than 1 value per channel") does not say what to do.
+            raise ValueError("ASPP image pooling: batch norm cannot train on a batch of 1 image (one value per "
+                             "channel); train with batches of >= 2, freeze batch norm, or call model.eval()")
         # Bilinear upsampling of a 1×1 map is a broadcast; expand says so and exports cleanly.
         return super().forward(x).expand(-1, -1, x.shape[-2], x.shape[-1])
 
