@@ -30,7 +30,7 @@ def test_models_table_lists_every_model_with_costs(capsys: pytest.CaptureFixture
 
 
 def test_bad_argument_is_one_line_and_exit_2() -> None:
-    result = subprocess.run([sys.executable, "-m", "deeplab.cli", "models", "--size", "0"],
+    result = subprocess.run([sys.executable, "-m", "deeplab", "models", "--size", "0"],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "must be a positive integer" in result.stderr and "Traceback" not in result.stderr

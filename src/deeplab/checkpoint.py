@@ -51,7 +51,7 @@ def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
     if num_classes is not None:
         config["num_classes"] = num_classes
     model = build_model(config)
-    load_weights(model, state, finetune=finetune)
+    load_weights(model, state, finetune=finetune, name=str(path))
     return model, dict(header.get("metadata", {}))
 
 

@@ -77,14 +77,17 @@ def load_weights(
     *,
     finetune: bool = False,
     allow_missing: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> LoadReport:
     """Load ``source`` into ``model`` strictly: every key and shape must match.
 
     ``finetune=True`` loads everything except classifier/aux-classifier tensors whose shape differs (a new
     class count) or which one side lacks (an aux head), and reports them. ``allow_missing`` lists key
-    prefixes of the model that may stay at initialisation (e.g. extra cascaded blocks).
+    prefixes of the model that may stay at initialisation (e.g. extra cascaded blocks). ``name`` is what
+    error messages call the source (callers that read the file themselves pass its path).
     """
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    if name is None:
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
     state = read_state_dict(source)
     expected = model.state_dict()
     mismatched = [k for k in state if k in expected and state[k].shape != expected[k].shape]

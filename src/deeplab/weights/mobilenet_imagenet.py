@@ -85,6 +85,6 @@ def load_mobilenet_v2_imagenet(backbone: MobileNetV2Backbone, source: str | os.P
         mapped, unused = convert_mobilenet_v2_imagenet(state, backbone)
     except ValueError as error:
         raise WeightsError(f"{name}: {error}") from None
-    report = load_weights(backbone, mapped)
+    report = load_weights(backbone, mapped, name=name)
     report.skipped = unused
     return report

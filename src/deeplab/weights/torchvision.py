@@ -51,7 +51,7 @@ def load_torchvision(
     file_classes = state["classifier.4.weight"].shape[0]
     has_aux = any(k.startswith("aux_classifier.") for k in state)
     model = deeplabv3(**torchvision_deeplabv3_config(depth, num_classes or file_classes, has_aux))
-    load_weights(model, state, finetune=finetune)
+    load_weights(model, state, finetune=finetune, name=name)
     return model
 
 
@@ -69,7 +69,7 @@ def load_resnet_imagenet(backbone: ResNetBackbone, source: str | os.PathLike | M
     depth = _resnet_depth(state, "", name)
     if depth != backbone.depth:
         raise WeightsError(f"{name}: holds a ResNet-{depth}, the model's backbone is ResNet-{backbone.depth}")
-    return load_weights(backbone, state, allow_missing=("layer5.", "layer6.", "layer7."))
+    return load_weights(backbone, state, allow_missing=("layer5.", "layer6.", "layer7."), name=name)
 
 
 def _resnet_depth(state: Mapping[str, Tensor], prefix: str, name: str) -> int:

@@ -1,0 +1,577 @@
+"""Import the authors' DeepLabV3 TFLite graph (``deeplabv3_257_mv_gpu.tflite``) into our ``DeepLab``.
+
+That file is the model zoo's ``mobilenetv2_dm05_coco_voc_trainaug``: MobileNetV2 ×0.5 at output stride 8,
+the mobile ASPP (a 1×1 branch + image pooling), 21 VOC classes, batch norm folded into conv biases. Its
+graph (55 convs, 10 ADD, 1 AVERAGE_POOL_2D, 1 CONCATENATION, 3 RESIZE_BILINEAR) maps onto
+``deeplabv3(backbone="mobilenet_v2", width_mult=0.5, output_stride=8, aspp_rates=(), align_corners=True)``.
+
+Pairing is *structural*, not purely positional: the converter runs the image-pooling conv before the 1×1
+branch and concatenates ``[pooling, 1×1]`` — the opposite of our ``convs.0`` (1×1), ``convs.1`` (pooling).
+Both convs are 160→256, so a positional pairing would pass every shape check and still be wrong. So the
+ASPP branches are found by following the dataflow back from the CONCATENATION, and the projection's
+input channels are permuted to our concat order; backbone convs pair in execution order. Every pair is
+checked (shape, stride, dilation, padding, groups, fused activation), as are the residual ADDs, the
+global pooling and the final resize; anything else in the graph raises ``WeightsError``.
+
+Folded BN: our convs before a BN have no bias, so each such BN becomes identity-plus-bias (weight 1,
+running mean 0, running variance 1 − eps so that √(var + eps) = 1, bias = the TF conv bias). The model
+therefore computes exactly the TF function in eval mode; fine-tuning it with BN in train mode would not
+(batch statistics replace the folded ones), so freeze BN (``model.eval()`` on BN layers) to fine-tune.
+
+The graph carries no metadata ("TOCO Converted."): inputs are already normalised (x/127.5 − 1, i.e.
+mean 0.5 / std 0.5 on [0, 1] images, the repo's metadata convention) and the class names are VOC's —
+``tflite_preprocessing()`` gives both, plus the graph's input size, as ``save_model`` metadata.
+
+Parsing uses the pure-Python ``tflite`` package (``pip install 'deeplab[tflite]'``), imported lazily.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from ..models.aspp import ASPPPooling
+from ..models.backbones import mobilenet
+from ..models.backbones.mobilenet import InvertedResidual
+from ..models.builders import deeplabv3
+from ..models.deeplab import DeepLab
+from .io import WeightsError
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+# x/127.5 − 1 on 0..255 pixels is (x/255 − 0.5)/0.5: mean/std 0.5 in the [0, 1] convention of our metadata.
+TFLITE_MEAN = (0.5, 0.5, 0.5)
+TFLITE_STD = (0.5, 0.5, 0.5)
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+RESIZE_OPS = ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
+POOL_OPS = ("AVERAGE_POOL_2D", "MEAN")
+# MobileNetV2 depth multipliers of the TF model zoo; the one whose layer shapes match the graph is used.
+WIDTH_CANDIDATES = (0.5, 0.35, 0.75, 1.0, 1.3, 1.4)
+_NUMPY_TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT32": np.int32,
+                "INT64": np.int64, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+
+
+@dataclass(frozen=True)
+class TFLiteOp:
+    """One operator: its index in the file's execution order, builtin name, tensor names and options
+    (``stride``/``dilation``/``filter`` as (h, w), ``padding`` and ``activation`` as names, ...)."""
+
+    index: int
+    type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    options: dict[str, Any]
+
+    def describe(self, tensor: str | None = None) -> str:
+        return f"op {self.index} {self.type}" + (f" (tensor {tensor!r})" if tensor else "")
+
+
+@dataclass
+class TFLiteGraph:
+    """A parsed single-subgraph TFLite model: ops in execution order (DEQUANTIZE of constants folded
+    away), constant tensors as float32 numpy arrays (dequantized) or ints, every tensor's shape and type."""
+
+    path: Path
+    ops: list[TFLiteOp]
+    constants: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def producer(self, tensor: str) -> TFLiteOp | None:
+        return next((op for op in self.ops if tensor in op.outputs), None)
+
+    def consumers(self, tensor: str) -> list[TFLiteOp]:
+        return [op for op in self.ops if tensor in op.inputs]
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(Counter(op.type for op in self.ops))
+
+
+def _import_tflite() -> Any:
+    try:
+        import tflite
+    except ImportError:
+        raise ImportError("reading .tflite files needs the 'tflite' and 'flatbuffers' packages: "
+                          "pip install 'deeplab[tflite]'") from None
+    return tflite
+
+
+def read_tflite_tensors(path: str | os.PathLike) -> TFLiteGraph:
+    """Parse a ``.tflite`` flatbuffer into ops and constant tensors; unreadable files raise ``WeightsError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such TFLite file")
+    tflite = _import_tflite()
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise WeightsError(f"{path}: not a TFLite flatbuffer (no 'TFL3' file identifier)")
+    try:
+        return _parse(tflite, path, data)
+    except WeightsError:
+        raise
+    except Exception as error:  # a damaged flatbuffer fails anywhere: struct, index, numpy errors
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise WeightsError(f"{path}: damaged or unsupported TFLite flatbuffer "
+                           f"({type(error).__name__}{': ' + reason if reason else ''})") from None
+
+
+def _enum_names(enum_class: type) -> dict[int, str]:
+    return {value: name for name, value in vars(enum_class).items() if isinstance(value, int)}
+
+
+def _parse(tflite: Any, path: Path, data: bytes) -> TFLiteGraph:
+    model = tflite.Model.GetRootAs(data, 0)
+    if model.SubgraphsLength() != 1:
+        raise WeightsError(f"{path}: expected one subgraph, found {model.SubgraphsLength()}")
+    graph = model.Subgraphs(0)
+    type_names = _enum_names(tflite.TensorType)
+    names: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    constants: dict[str, np.ndarray] = {}
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        name = tensor.Name().decode("utf-8", "replace")
+        name = f"{name}:{i}" if name in shapes else name  # keep keys unique should a converter repeat names
+        names.append(name)
+        shapes[name] = tuple(int(tensor.Shape(k)) for k in range(tensor.ShapeLength()))
+        dtypes[name] = type_names.get(tensor.Type(), f"type{tensor.Type()}")
+        raw = _buffer_bytes(model, data, tensor.Buffer())
+        if raw is not None:
+            constants[name] = _decode(path, name, raw, dtypes[name], shapes[name], tensor.Quantization())
+
+    op_names = _enum_names(tflite.BuiltinOperator)
+    ops: list[TFLiteOp] = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        # Schema v3a moved builtin codes > 127 to BuiltinCode; older files only fill the deprecated byte.
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        op_type = op_names.get(builtin, f"BUILTIN_{builtin}")
+        if op_type == "CUSTOM":
+            op_type = f"CUSTOM:{(code.CustomCode() or b'').decode()}"
+        inputs = tuple(names[j] if j >= 0 else "" for j in (op.Inputs(k) for k in range(op.InputsLength())))
+        outputs = tuple(names[op.Outputs(k)] for k in range(op.OutputsLength()))
+        if op_type == "DEQUANTIZE" and inputs[0] in constants:  # fp16 / int8 weight storage: fold it
+            constants[outputs[0]] = constants[inputs[0]].astype(np.float32)
+            continue
+        ops.append(TFLiteOp(i, op_type, inputs, outputs, _options(tflite, op_type, op)))
+    inputs = tuple(names[graph.Inputs(k)] for k in range(graph.InputsLength()))
+    outputs = tuple(names[graph.Outputs(k)] for k in range(graph.OutputsLength()))
+    return TFLiteGraph(path, ops, constants, shapes, dtypes, inputs, outputs)
+
+
+def _buffer_bytes(model: Any, data: bytes, index: int) -> bytes | None:
+    """A tensor's constant data, or None for activations (buffer 0 / empty)."""
+    if index <= 0 or index >= model.BuffersLength():
+        return None
+    buffer = model.Buffers(index)
+    if buffer.DataLength():
+        return buffer.DataAsNumpy().tobytes()
+    offset, size = buffer.Offset(), buffer.Size()  # files over 2 GB keep buffers after the flatbuffer
+    if offset > 1 and size:
+        return data[offset:offset + size]
+    return None
+
+
+def _decode(path: Path, name: str, raw: bytes, dtype: str, shape: tuple[int, ...], quant: Any) -> np.ndarray:
+    """Bytes → numpy; quantized tensors are dequantized, fp16 widened, so weights are always float32."""
+    if dtype not in _NUMPY_TYPES:
+        raise WeightsError(f"{path}: tensor {name!r} has unsupported type {dtype}")
+    np_type = np.dtype(_NUMPY_TYPES[dtype])
+    count = int(np.prod(shape)) if shape else 1
+    if len(raw) != count * np_type.itemsize:
+        raise WeightsError(f"{path}: tensor {name!r} {dtype}{list(shape)} needs {count * np_type.itemsize} bytes, "
+                           f"file holds {len(raw)} (truncated or damaged file)")
+    array = np.frombuffer(raw, np_type).reshape(shape).copy()
+    if quant is not None and quant.ScaleLength() > 0:
+        scale = quant.ScaleAsNumpy().astype(np.float32)
+        zero = quant.ZeroPointAsNumpy().astype(np.float32) if quant.ZeroPointLength() else np.float32(0)
+        if scale.size > 1:  # per-channel: broadcast along the quantized dimension
+            axis_shape = [1] * array.ndim
+            axis_shape[quant.QuantizedDimension()] = scale.size
+            scale, zero = scale.reshape(axis_shape), np.broadcast_to(zero, scale.shape).reshape(axis_shape)
+        return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
+    return array.astype(np.float32) if np_type.kind == "f" else array
+
+
+def _options(tflite: Any, op_type: str, op: Any) -> dict[str, Any]:
+    """The builtin options this importer checks, with enums as names."""
+    table = op.BuiltinOptions()
+    if table is None:
+        return {}
+    padding, activation = _enum_names(tflite.Padding), _enum_names(tflite.ActivationFunctionType)
+
+    def read(cls: type) -> Any:
+        options = cls()
+        options.Init(table.Bytes, table.Pos)
+        return options
+
+    if op_type in CONV_OPS:
+        o = read(tflite.Conv2DOptions if op_type == "CONV_2D" else tflite.DepthwiseConv2DOptions)
+        result = {"stride": (o.StrideH(), o.StrideW()), "dilation": (o.DilationHFactor(), o.DilationWFactor()),
+                  "padding": padding.get(o.Padding()), "activation": activation.get(o.FusedActivationFunction())}
+        if op_type == "DEPTHWISE_CONV_2D":
+            result["depth_multiplier"] = o.DepthMultiplier()
+        return result
+    if op_type in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
+        o = read(tflite.Pool2DOptions)
+        return {"stride": (o.StrideH(), o.StrideW()), "filter": (o.FilterHeight(), o.FilterWidth()),
+                "padding": padding.get(o.Padding()), "activation": activation.get(o.FusedActivationFunction())}
+    if op_type in RESIZE_OPS:
+        o = read(tflite.ResizeBilinearOptions if op_type == "RESIZE_BILINEAR" else tflite.ResizeNearestNeighborOptions)
+        return {"align_corners": bool(o.AlignCorners()), "half_pixel_centers": bool(o.HalfPixelCenters())}
+    if op_type == "ADD":
+        return {"activation": activation.get(read(tflite.AddOptions).FusedActivationFunction())}
+    if op_type == "CONCATENATION":
+        o = read(tflite.ConcatenationOptions)
+        return {"axis": o.Axis(), "activation": activation.get(o.FusedActivationFunction())}
+    if op_type == "MEAN":
+        return {"keep_dims": bool(read(tflite.ReducerOptions).KeepDims())}
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------- mapping
+
+
+@dataclass
+class _Slot:
+    """One of our convs with the BN after it (None for the classifier) and the activation after that."""
+
+    name: str
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d | None
+    activation: str
+
+
+def _conv_slots(module: nn.Module, prefix: str) -> list[_Slot]:
+    """Every conv under ``module`` in registration (= forward) order; its BN and activation are the
+    siblings that follow it (our Sequentials are conv, BN, activation)."""
+    slots = []
+    children = list(module.named_children())
+    for k, (name, child) in enumerate(children):
+        path = f"{prefix}.{name}" if prefix else name
+        if not isinstance(child, nn.Conv2d):
+            slots += _conv_slots(child, path)
+            continue
+        following = [c for _, c in children[k + 1:k + 3]]
+        bn = following.pop(0) if following and isinstance(following[0], nn.BatchNorm2d) else None
+        after = following[0] if following else None
+        activation = "RELU6" if isinstance(after, nn.ReLU6) else "RELU" if isinstance(after, nn.ReLU) else "NONE"
+        slots.append(_Slot(path, child, bn, activation))
+    return slots
+
+
+def _tf_to_torch(op: TFLiteOp, weight: np.ndarray) -> Tensor:
+    """OHWI → OIHW for CONV_2D; depthwise [1, kh, kw, C] → [C, 1, kh, kw]."""
+    order = (0, 3, 1, 2) if op.type == "CONV_2D" else (3, 0, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(weight.transpose(order))).float()
+
+
+@dataclass
+class _Head:
+    """The ASPP head as found in the graph."""
+
+    branches: list[TFLiteOp]  # concat order
+    pooling: TFLiteOp | None  # the branch conv that reads the pooled map
+    pool: TFLiteOp | None
+    features: str  # backbone output tensor
+    project: TFLiteOp
+    logits: TFLiteOp
+    resizes: list[TFLiteOp]  # the resize ops the head accounts for (pooling broadcast, final upsampling)
+    align_corners: bool
+
+
+def _error(graph: TFLiteGraph, op: TFLiteOp, tensor: str | None, message: str) -> WeightsError:
+    return WeightsError(f"{graph.path}: {op.describe(tensor)}: {message}")
+
+
+def _only_consumer(graph: TFLiteGraph, op: TFLiteOp, types: tuple[str, ...]) -> TFLiteOp:
+    users = graph.consumers(op.outputs[0])
+    if len(users) != 1 or users[0].type not in types:
+        found = ", ".join(u.describe() for u in users) or "nothing"
+        raise _error(graph, op, op.outputs[0], f"expected one {'/'.join(types)} to read it, found {found}")
+    return users[0]
+
+
+def _find_head(graph: TFLiteGraph) -> _Head:
+    concats = [op for op in graph.ops if op.type == "CONCATENATION"]
+    if len(concats) != 1:
+        raise WeightsError(f"{graph.path}: expected one CONCATENATION (the ASPP), found {len(concats)}; "
+                           "this importer supports the DeepLabV3 mobile ASPP head")
+    concat = concats[0]
+    if concat.options.get("axis") not in (3, -1) or concat.options.get("activation") != "NONE":
+        raise _error(graph, concat, concat.outputs[0], f"unexpected options {concat.options}")
+    resizes, branches, pooling, pool = [], [], None, None
+    for tensor in concat.inputs:
+        op, branch_resizes = graph.producer(tensor), []
+        while op is not None and op.type in RESIZE_OPS:
+            branch_resizes.append(op)
+            op = graph.producer(op.inputs[0])
+        if op is None or op.type != "CONV_2D":
+            raise WeightsError(f"{graph.path}: ASPP branch {tensor!r} is not produced by a CONV_2D "
+                               f"({op.describe() if op else 'graph input'})")
+        source = graph.producer(op.inputs[0])
+        if source is not None and source.type in POOL_OPS:
+            pooling, pool = op, source
+        for resize in branch_resizes:  # resizing a 1x1 map is a broadcast whatever its flags: our expand
+            if op is not pooling or graph.shapes[resize.inputs[0]][1:3] != (1, 1):
+                raise _error(graph, resize, resize.outputs[0], "ASPP branch resize that is not a broadcast")
+        resizes += branch_resizes
+        branches.append(op)
+    project = _only_consumer(graph, concat, ("CONV_2D",))
+    logits = _only_consumer(graph, project, ("CONV_2D",))
+    plain = [b for b in branches if b is not pooling]
+    if len(plain) != 1 or graph.shapes[plain[0].inputs[1]][1:3] != (1, 1):
+        raise WeightsError(f"{graph.path}: ASPP has branches {[b.describe(b.inputs[1]) for b in branches]}; "
+                           "only the mobile ASPP (one 1x1 branch + image pooling) is supported")
+    features = plain[0].inputs[0]
+    if pool is not None:
+        _check_pool(graph, pool, features)
+    tail, align_corners = _final_resize(graph, logits)
+    return _Head(branches, pooling, pool, features, project, logits, resizes + tail, align_corners)
+
+
+def _check_pool(graph: TFLiteGraph, pool: TFLiteOp, features: str) -> None:
+    """Image pooling must be a global average of the backbone output (our AdaptiveAvgPool2d(1))."""
+    height, width = graph.shapes[features][1:3]
+    if pool.inputs[0] != features:
+        raise _error(graph, pool, pool.inputs[0], f"pools another tensor than the 1x1 branch reads ({features!r})")
+    if pool.type == "AVERAGE_POOL_2D":
+        ok = pool.options.get("filter") == (height, width) and graph.shapes[pool.outputs[0]][1:3] == (1, 1)
+    else:
+        axes = graph.constants.get(pool.inputs[1], np.array([])).ravel().tolist()
+        ok = sorted(axes) == [1, 2] and pool.options.get("keep_dims", False)
+    if not ok:
+        raise _error(graph, pool, pool.outputs[0], f"not a global average pool of the {height}x{width} features")
+
+
+def _final_resize(graph: TFLiteGraph, logits: TFLiteOp) -> tuple[list[TFLiteOp], bool]:
+    """The resize chain from the logits to the graph output: same-size resizes are identities (the
+    converter leaves one); exactly one real upsampling to the input size gives our ``align_corners``."""
+    chain, op, align_corners = [], logits, None
+    while op.outputs[0] not in graph.outputs:
+        op = _only_consumer(graph, op, ("RESIZE_BILINEAR",))
+        chain.append(op)
+        same_size = graph.shapes[op.inputs[0]][1:3] == graph.shapes[op.outputs[0]][1:3]
+        if same_size and (op.options["align_corners"] or op.options["half_pixel_centers"]):
+            continue  # an exact identity in both conventions
+        if align_corners is not None:
+            raise _error(graph, op, op.outputs[0], "a second upsampling of the logits")
+        if op.options["align_corners"]:
+            align_corners = True
+        elif op.options["half_pixel_centers"]:
+            align_corners = False  # PyTorch's align_corners=False is TF's half-pixel convention
+        else:
+            raise _error(graph, op, op.outputs[0], "legacy TF resize (no align_corners, no half-pixel centers) "
+                                                   "has no PyTorch equivalent")
+    if align_corners is None or graph.shapes[op.outputs[0]][1:3] != graph.shapes[graph.inputs[0]][1:3]:
+        raise _error(graph, op, op.outputs[0], "logits are not upsampled to the input size as our model does")
+    return chain, align_corners
+
+
+def _assign(graph: TFLiteGraph, op: TFLiteOp, slot: _Slot, in_order: list[slice] | None = None) -> None:
+    """Copy one TF conv into ``slot`` after checking everything the op says about the layer."""
+    if op.type not in CONV_OPS:
+        raise _error(graph, op, op.outputs[0], f"expected a conv for {slot.name}")
+    weight_name, bias_name = op.inputs[1], (op.inputs[2] if len(op.inputs) > 2 else "")
+    if weight_name not in graph.constants:
+        raise _error(graph, op, weight_name, "weights are not a constant tensor")
+    weight = _tf_to_torch(op, graph.constants[weight_name])
+    if in_order is not None:  # projection: TF concat order → ours
+        weight = torch.cat([weight[:, part] for part in in_order], dim=1)
+    conv, opts = slot.conv, op.options
+    problems = []
+    if weight.shape != conv.weight.shape:
+        problems.append(f"shape {list(graph.shapes[weight_name])} (as OIHW {list(weight.shape)}) "
+                        f"!= {slot.name}.weight {list(conv.weight.shape)}")
+    else:
+        groups = conv.in_channels if op.type == "DEPTHWISE_CONV_2D" else 1
+        if conv.groups != groups or opts.get("depth_multiplier", 1) != 1:
+            problems.append(f"groups {groups} (depth multiplier {opts.get('depth_multiplier', 1)}) "
+                            f"!= {slot.name} groups {conv.groups}")
+        if opts["stride"] != conv.stride or opts["dilation"] != conv.dilation:
+            problems.append(f"stride {opts['stride']} dilation {opts['dilation']} != {slot.name} "
+                            f"stride {conv.stride} dilation {conv.dilation}")
+        # SAME equals our symmetric padding here: every strided input is odd-sized at 257 = 8·32 + 1.
+        if conv.kernel_size != (1, 1) and opts["padding"] != "SAME":
+            problems.append(f"padding {opts['padding']} (ours is SAME-like)")
+        if opts["activation"] != slot.activation:
+            problems.append(f"fused activation {opts['activation']} != {slot.activation} after {slot.name}")
+    bias = torch.zeros(conv.out_channels)
+    if bias_name:
+        if bias_name not in graph.constants or graph.constants[bias_name].shape != (conv.out_channels,):
+            problems.append(f"bias {bias_name!r} is not a constant of shape [{conv.out_channels}]")
+        else:
+            bias = torch.from_numpy(graph.constants[bias_name].astype(np.float32))
+    if problems:
+        raise _error(graph, op, weight_name, "; ".join(problems))
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if slot.bn is None:
+            conv.bias.copy_(bias)
+        else:  # folded BN: identity scale, the TF bias as shift
+            slot.bn.weight.fill_(1.0)
+            slot.bn.running_mean.zero_()
+            slot.bn.running_var.fill_(1.0 - slot.bn.eps)
+            slot.bn.bias.copy_(bias)
+
+
+def import_tflite(graph: TFLiteGraph) -> tuple[DeepLab, list[tuple[int, str]]]:
+    """Build our model for ``graph`` and load it; also return ``[(op index, our conv module name)]``."""
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise WeightsError(f"{graph.path}: expected one input and one output, got {graph.inputs} → {graph.outputs}")
+    input_shape = graph.shapes[graph.inputs[0]]
+    if len(input_shape) != 4 or input_shape[3] != 3:
+        raise WeightsError(f"{graph.path}: input {graph.inputs[0]!r} has shape {list(input_shape)}, expected NHWC RGB")
+    head = _find_head(graph)
+    head_ids = {id(op) for op in (*head.branches, head.project, head.logits)}
+    body_ops = [op for op in graph.ops if op.type in CONV_OPS and id(op) not in head_ids]
+    strided = sum(op.options["stride"] != (1, 1) for op in body_ops)
+    output_stride = 2 ** strided
+    if output_stride not in (8, 16, 32):
+        raise WeightsError(f"{graph.path}: backbone has {strided} strided convs (output stride {output_stride})")
+
+    config = dict(backbone="mobilenet_v2", num_classes=graph.shapes[head.logits.inputs[1]][0],
+                  output_stride=output_stride, aspp_rates=(), aspp_channels=graph.shapes[head.project.inputs[1]][0],
+                  image_pooling=head.pooling is not None, align_corners=head.align_corners)
+    # The depth multiplier is not stored: take the model-zoo value whose backbone shapes match the graph.
+    body_shapes = [tuple(_tf_to_torch(op, graph.constants[op.inputs[1]]).shape) for op in body_ops
+                   if op.inputs[1] in graph.constants]
+    model = None
+    for width in WIDTH_CANDIDATES:
+        candidate = _build(width, config)
+        if body_shapes == [tuple(s.conv.weight.shape) for s in _conv_slots(candidate.backbone, "")]:
+            model = candidate
+            break
+    if model is None:  # build from the stem's width anyway so that the per-op checks name the mismatch
+        model = _build(_stem_width(graph, body_ops), config)
+    model.eval()
+
+    body_slots = _conv_slots(model.backbone, "backbone")
+    pairs = list(zip(body_ops, body_slots))
+    if len(body_ops) != len(body_slots):
+        extra = body_ops[len(body_slots)] if len(body_ops) > len(body_slots) else None
+        raise WeightsError(f"{graph.path}: graph has {len(body_ops)} backbone convs, our MobileNetV2 has "
+                           f"{len(body_slots)}" + (f"; first unmapped: {extra.describe(extra.inputs[1])}" if extra
+                                                   else f"; first unmatched: {body_slots[len(body_ops)].name}"))
+    aspp = model.classifier.aspp
+    branch_of = {id(head.pooling): next(i for i, b in enumerate(aspp.convs) if isinstance(b, ASPPPooling))}
+    branch_of.update({id(op): 0 for op in head.branches if op is not head.pooling})
+    ours = sorted(head.branches, key=lambda op: branch_of[id(op)])
+    for op in ours:
+        branch = aspp.convs[branch_of[id(op)]]
+        pairs.append((op, _conv_slots(branch, f"classifier.0.convs.{branch_of[id(op)]}")[0]))
+    # The projection reads our concat order; take its input-channel blocks from where TF put each branch.
+    offsets, start = {}, 0
+    for op in head.branches:
+        channels = graph.shapes[op.outputs[0]][3]
+        offsets[id(op)], start = slice(start, start + channels), start + channels
+    in_order = [offsets[id(op)] for op in ours]
+    pairs += [(head.project, _conv_slots(aspp.project, "classifier.0.project")[0]),
+              (head.logits, _conv_slots(model.classifier, "classifier")[-1])]
+
+    for op, slot in pairs:
+        _assign(graph, op, slot, in_order if op is head.project else None)
+    all_convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if len(pairs) != len(all_convs) or len({id(s.conv) for _, s in pairs}) != len(all_convs):
+        raise WeightsError(f"{graph.path}: mapped {len(pairs)} convs, model has {len(all_convs)}")
+    _check_rest(graph, model, pairs, head)
+    return model, [(op.index, slot.name) for op, slot in pairs]
+
+
+def _build(width: float, config: dict[str, Any]) -> DeepLab:
+    """``deeplabv3(width_mult=width, **config)`` with TF DeepLab's channel rounding.
+
+    TF DeepLab builds MobileNetV2 with ``divisible_by=8 if depth_multiplier == 1.0 else 1``
+    (``core/feature_extractor.py``); our backbone always rounds to multiples of 8 (torchvision's rule),
+    which at ×0.5 gives the 24-channel stage 16 channels where the graph has 12. Until the backbone
+    takes the divisor as an argument (``channel_divisor``), the rounding helper is swapped for the
+    construction only — parameters and forward are untouched.
+    """
+    divisor = mobilenet.CHANNEL_DIVISOR if width == 1.0 else 1
+    if "channel_divisor" in inspect.signature(deeplabv3).parameters:
+        return deeplabv3(width_mult=width, channel_divisor=divisor, **config)
+    original = mobilenet._make_divisible
+    mobilenet._make_divisible = lambda value, *_: original(value, divisor)
+    try:
+        return deeplabv3(width_mult=width, **config)
+    finally:
+        mobilenet._make_divisible = original
+
+
+def _stem_width(graph: TFLiteGraph, body_ops: list[TFLiteOp]) -> float:
+    """Fallback width (no candidate matched): from the stem, so the per-op checks name the mismatch."""
+    if not body_ops:
+        raise WeightsError(f"{graph.path}: no backbone convs found")
+    return graph.shapes[body_ops[0].inputs[1]][0] / 32
+
+
+def _check_rest(graph: TFLiteGraph, model: DeepLab, pairs: list[tuple[TFLiteOp, _Slot]], head: _Head) -> None:
+    """Every non-conv op must be accounted for: residual ADDs exactly where our blocks add, the pool, the
+    concat and the resizes the head analysis found."""
+    residual_projects = {id(block.conv[-2]) for block in model.backbone.features
+                         if isinstance(block, InvertedResidual) and block.use_res_connect}
+    slot_of_output = {op.outputs[0]: slot for op, slot in pairs}
+    known = {id(op) for op in (*head.resizes, head.pool) if op is not None}
+    adds = 0
+    for op in graph.ops:
+        if op.type in CONV_OPS or op.type == "CONCATENATION" or id(op) in known:
+            continue
+        if op.type == "ADD":
+            slots = [slot_of_output.get(t) for t in op.inputs]
+            if op.options.get("activation") != "NONE" or not any(s and id(s.conv) in residual_projects
+                                                                 for s in slots):
+                raise _error(graph, op, op.outputs[0], "ADD that is not one of our residual connections")
+            adds += 1
+            continue
+        raise _error(graph, op, op.outputs[0], "no counterpart in our DeepLabV3 model")
+    if adds != len(residual_projects):
+        raise WeightsError(f"{graph.path}: graph has {adds} residual ADDs, our backbone {len(residual_projects)}")
+
+
+def load_tflite(path: str | os.PathLike) -> DeepLab:
+    """Our ``DeepLab`` (eval mode, ``model.config`` set) with the weights of a TF DeepLab ``.tflite`` file.
+
+    Inputs are normalised x/127.5 − 1 (see ``tflite_preprocessing``); outputs are logits at input size.
+    """
+    return import_tflite(read_tflite_tensors(path))[0]
+
+
+def tflite_preprocessing(source: str | os.PathLike | TFLiteGraph | None = None) -> dict[str, Any]:
+    """``save_model`` metadata for the imported model: ``classes``, ``mean``/``std`` (on [0, 1] images:
+    x/127.5 − 1 on 0..255 pixels), ``input_size`` (H, W) — read from the graph when given, else 257×257 —
+    and ``ignore_index`` 255 (VOC's boundary label)."""
+    size: tuple[int, ...] = (257, 257)
+    classes: list[str] = list(VOC_CLASSES)
+    if source is not None:
+        graph = source if isinstance(source, TFLiteGraph) else read_tflite_tensors(source)
+        size = graph.shapes[graph.inputs[0]][1:3]
+        num_classes = graph.shapes[graph.outputs[0]][-1]
+        classes = classes if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
+    return {"classes": classes, "mean": list(TFLITE_MEAN), "std": list(TFLITE_STD), "input_size": list(size),
+            "ignore_index": 255}
+
+
+def tflite_input(image: Image.Image | np.ndarray, size: tuple[int, int] | None = None) -> Tensor:
+    """An RGB image (PIL or HxWx3 uint8) → a 1x3xHxW float tensor x/127.5 − 1, first resized bilinearly
+    (PIL) to ``size`` = (H, W) when given, e.g. to the graph's 257×257."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    image = image.convert("RGB")
+    if size is not None:
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()

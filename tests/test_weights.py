@@ -1,0 +1,574 @@
+"""Weights: torchvision DeepLabV3 / ImageNet ResNet files, error messages, fine-tuning, our own model files.
+
+The torchvision layout and forward pass are written out *here*, from torchvision's published module
+structure (``resnet.py``'s ``Bottleneck``/``BasicBlock``/``_make_layer``, ``segmentation/deeplabv3.py``'s
+``DeepLabHead``/``ASPP`` and ``fcn.py``'s ``FCNHead``), never from our model — torchvision itself cannot
+be imported in this environment, so this is the independent reference.
+
+Run: ``.venv/bin/python -m pytest -q tests/test_weights.py``
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deeplab.checkpoint import load_model, save_model
+from deeplab.models.builders import deeplabv3, deeplabv3plus
+from deeplab.weights import (
+    WeightsError,
+    load_backbone_weights,
+    load_torchvision,
+    load_weights,
+    torchvision_deeplabv3_config,
+)
+
+MOBILENET_FILE = Path("/work/shared/data/weights/mobilenetv2_imagenet_features.pt")
+TORCHVISION_PARAMS = {50: 42_004_074, 101: 60_996_202}  # torchvision's published deeplabv3_resnet50/101 counts
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+CLASS_LAYER_KEYS = {"classifier.4.weight", "classifier.4.bias", "aux_classifier.4.weight", "aux_classifier.4.bias"}
+
+# ---------------------------------------------------------------------------------------------------------
+# torchvision's layout, from its published structure
+# ---------------------------------------------------------------------------------------------------------
+
+# depth -> (block, units per stage): torchvision's resnet18/34/50/101
+RESNET_LAYOUT = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+                 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
+STAGE_PLANES = (64, 128, 256, 512)
+ASPP_RATES = (12, 24, 36)  # torchvision's DeepLabHead(2048, num_classes) → ASPP(2048, [12, 24, 36])
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _conv(keys: Shapes, name: str, out: int, inp: int, kernel: int, bias: bool = False) -> None:
+    keys[f"{name}.weight"] = (out, inp, kernel, kernel)
+    if bias:
+        keys[f"{name}.bias"] = (out,)
+
+
+def _bn(keys: Shapes, name: str, channels: int) -> None:
+    for kind in ("weight", "bias", "running_mean", "running_var"):
+        keys[f"{name}.{kind}"] = (channels,)
+    keys[f"{name}.num_batches_tracked"] = ()
+
+
+def torchvision_resnet_keys(depth: int, prefix: str = "") -> Shapes:
+    """torchvision ``resnet{depth}`` without ``avgpool``/``fc``: stem, then ``_make_layer`` per stage, where
+    unit 0 gets ``downsample = Sequential(conv1x1, BN)`` iff ``stride != 1 or inplanes != planes * expansion``."""
+    block, layers = RESNET_LAYOUT[depth]
+    expansion = 4 if block == "bottleneck" else 1
+    keys: Shapes = {}
+    _conv(keys, f"{prefix}conv1", 64, 3, 7)
+    _bn(keys, f"{prefix}bn1", 64)
+    inplanes = 64
+    for stage, (planes, units) in enumerate(zip(STAGE_PLANES, layers), start=1):
+        stride = 1 if stage == 1 else 2  # nominal; dilation changes no key
+        out = planes * expansion
+        for unit in range(units):
+            p = f"{prefix}layer{stage}.{unit}"
+            if block == "bottleneck":  # conv1 1x1, conv2 3x3, conv3 1x1 (x4), width = planes (groups=1)
+                _conv(keys, f"{p}.conv1", planes, inplanes, 1)
+                _bn(keys, f"{p}.bn1", planes)
+                _conv(keys, f"{p}.conv2", planes, planes, 3)
+                _bn(keys, f"{p}.bn2", planes)
+                _conv(keys, f"{p}.conv3", out, planes, 1)
+                _bn(keys, f"{p}.bn3", out)
+            else:  # BasicBlock: two 3x3 convs
+                _conv(keys, f"{p}.conv1", planes, inplanes, 3)
+                _bn(keys, f"{p}.bn1", planes)
+                _conv(keys, f"{p}.conv2", planes, planes, 3)
+                _bn(keys, f"{p}.bn2", planes)
+            if unit == 0 and (stride != 1 or inplanes != out):
+                _conv(keys, f"{p}.downsample.0", out, inplanes, 1)
+                _bn(keys, f"{p}.downsample.1", out)
+            inplanes = out
+    return keys
+
+
+def torchvision_imagenet_resnet_keys(depth: int) -> Shapes:
+    """A torchvision ImageNet classifier file (``resnet50-0676ba61.pth``): the ResNet plus ``fc``."""
+    keys = torchvision_resnet_keys(depth)
+    features = 2048 if RESNET_LAYOUT[depth][0] == "bottleneck" else 512
+    keys["fc.weight"], keys["fc.bias"] = (1000, features), (1000,)
+    return keys
+
+
+def torchvision_deeplabv3_keys(depth: int, num_classes: int = 21, aux: bool = True) -> Shapes:
+    """Every key and shape of torchvision's ``deeplabv3_resnet{depth}`` state dict.
+
+    ``classifier = DeepLabHead(2048) = Sequential(ASPP, Conv3x3(256, 256), BN, ReLU, Conv1x1(256, classes))``;
+    ``ASPP.convs = [Seq(conv1x1, BN, ReLU), 3 × ASPPConv = Seq(conv3x3, BN, ReLU),
+    ASPPPooling = Seq(AdaptiveAvgPool2d, conv1x1, BN, ReLU)]``, ``ASPP.project = Seq(Conv1x1(1280, 256), BN,
+    ReLU, Dropout)``; ``aux_classifier = FCNHead(1024) = Seq(Conv3x3(1024, 256), BN, ReLU, Dropout, Conv1x1)``.
+    """
+    keys = torchvision_resnet_keys(depth, "backbone.")
+    aspp = "classifier.0"
+    _conv(keys, f"{aspp}.convs.0.0", 256, 2048, 1)
+    _bn(keys, f"{aspp}.convs.0.1", 256)
+    for branch in (1, 2, 3):
+        _conv(keys, f"{aspp}.convs.{branch}.0", 256, 2048, 3)
+        _bn(keys, f"{aspp}.convs.{branch}.1", 256)
+    _conv(keys, f"{aspp}.convs.4.1", 256, 2048, 1)  # index 0 is the pooling layer (no parameters)
+    _bn(keys, f"{aspp}.convs.4.2", 256)
+    _conv(keys, f"{aspp}.project.0", 256, 5 * 256, 1)
+    _bn(keys, f"{aspp}.project.1", 256)
+    _conv(keys, "classifier.1", 256, 256, 3)
+    _bn(keys, "classifier.2", 256)
+    _conv(keys, "classifier.4", num_classes, 256, 1, bias=True)
+    if aux:
+        _conv(keys, "aux_classifier.0", 256, 1024, 3)
+        _bn(keys, "aux_classifier.1", 256)
+        _conv(keys, "aux_classifier.4", num_classes, 256, 1, bias=True)
+    return keys
+
+
+def parameter_count(shapes: Shapes) -> int:
+    """Learnable parameters: every tensor but BN running statistics and ``num_batches_tracked``."""
+    return sum(math.prod(shape) for key, shape in shapes.items() if not key.endswith(BN_STATS))
+
+
+def random_state(shapes: Shapes, seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors of ``shapes`` that keep activations O(1): He-scaled conv weights, positive running
+    variances, small BN offsets; the last BN of each residual branch is damped so depth does not blow up."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(0, dtype=torch.long)
+        elif key.endswith("running_var"):
+            state[key] = torch.empty(shape).uniform_(0.5, 1.5, generator=generator)
+        elif key.endswith("running_mean") or (key.endswith(".bias") and len(shape) == 1):
+            state[key] = 0.1 * torch.randn(shape, generator=generator)
+        elif len(shape) == 1:  # BN weight
+            low, high = (0.2, 0.4) if re.search(r"\.bn[23]\.weight$|downsample\.1\.weight$", key) else (0.5, 1.5)
+            state[key] = torch.empty(shape).uniform_(low, high, generator=generator)
+        else:  # conv (4-d) or fc (2-d) weight
+            fan_in = math.prod(shape[1:])
+            state[key] = torch.randn(shape, generator=generator) * math.sqrt(2.0 / fan_in)
+    return state
+
+
+def meta_state(shapes: Shapes) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(s, device="meta", dtype=torch.long if k.endswith("num_batches_tracked") else None)
+            for k, s in shapes.items()}
+
+
+def shapes_of(state: dict[str, torch.Tensor]) -> Shapes:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def torchvision_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int = 50
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's ``deeplabv3_resnet{depth}`` eval forward in ``torch.nn.functional`` only: returns
+    ``(result["out"], result["aux"])``.
+
+    Backbone: ``replace_stride_with_dilation=[False, True, True]``; in ``_make_layer(dilate=True)``:
+    ``previous_dilation = self.dilation; self.dilation *= stride; stride = 1``; unit 0 uses
+    ``previous_dilation``, the others ``self.dilation``; 3x3 padding = dilation; downsample has the stride.
+    """
+    def bn(t, name):
+        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
+                            sd[f"{name}.bias"], training=False, momentum=0.1, eps=1e-5)
+
+    def conv(t, name, stride=1, padding=0, dilation=1):
+        return F.conv2d(t, sd[f"{name}.weight"], sd.get(f"{name}.bias"), stride, padding, dilation)
+
+    _, layers = RESNET_LAYOUT[depth]
+    h = F.relu(bn(conv(x, "backbone.conv1", 2, 3), "backbone.bn1"))
+    h = F.max_pool2d(h, 3, 2, 1)
+    dilation = 1
+    for stage, (units, stride, dilate) in enumerate(zip(layers, (1, 2, 2, 2), (False, False, True, True)), 1):
+        previous_dilation = dilation
+        if dilate:
+            dilation *= stride
+            stride = 1
+        for unit in range(units):
+            p = f"backbone.layer{stage}.{unit}"
+            s, d = (stride, previous_dilation) if unit == 0 else (1, dilation)
+            out = F.relu(bn(conv(h, f"{p}.conv1"), f"{p}.bn1"))
+            out = F.relu(bn(conv(out, f"{p}.conv2", s, d, d), f"{p}.bn2"))
+            out = bn(conv(out, f"{p}.conv3"), f"{p}.bn3")
+            identity = bn(conv(h, f"{p}.downsample.0", s), f"{p}.downsample.1") \
+                if f"{p}.downsample.0.weight" in sd else h
+            h = F.relu(out + identity)
+        if stage == 3:
+            aux_features = h
+    size = x.shape[-2:]
+
+    a = "classifier.0"
+    branches = [F.relu(bn(conv(h, f"{a}.convs.0.0"), f"{a}.convs.0.1"))]
+    for branch, rate in enumerate(ASPP_RATES, start=1):
+        branches.append(F.relu(bn(conv(h, f"{a}.convs.{branch}.0", 1, rate, rate), f"{a}.convs.{branch}.1")))
+    pooled = F.relu(bn(conv(F.adaptive_avg_pool2d(h, 1), f"{a}.convs.4.1"), f"{a}.convs.4.2"))
+    branches.append(F.interpolate(pooled, size=h.shape[-2:], mode="bilinear", align_corners=False))
+    y = F.relu(bn(conv(torch.cat(branches, 1), f"{a}.project.0"), f"{a}.project.1"))  # Dropout: eval no-op
+    y = F.relu(bn(conv(y, "classifier.1", 1, 1), "classifier.2"))
+    out = F.interpolate(conv(y, "classifier.4"), size=size, mode="bilinear", align_corners=False)
+
+    z = F.relu(bn(conv(aux_features, "aux_classifier.0", 1, 1), "aux_classifier.1"))
+    aux = F.interpolate(conv(z, "aux_classifier.4"), size=size, mode="bilinear", align_corners=False)
+    return out, aux
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)).item()
+
+
+def randomise_bn_stats(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial running statistics, so a save/load that lost the buffers would change the logits."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+
+
+def message_of(error: pytest.ExceptionInfo) -> str:
+    return str(error.value)
+
+
+def assert_one_line_naming(error: pytest.ExceptionInfo, path: Path) -> None:
+    text = message_of(error)
+    assert str(path) in text, text
+    assert "\n" not in text, text
+
+
+@pytest.fixture(scope="module")
+def tv_r50(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A torchvision-layout ``deeplabv3_resnet50`` file with random weights (21 classes, aux head)."""
+    state = random_state(torchvision_deeplabv3_keys(50), seed=0)
+    path = tmp_path_factory.mktemp("tv") / "deeplabv3_resnet50_coco.pth"
+    torch.save(state, path)
+    return path, state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. torchvision layout
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_torchvision_layout_keys_shapes_and_parameter_count(depth):
+    """``load_torchvision`` builds exactly torchvision's state-dict layout (keys and shapes), and both the
+    generator and our model have torchvision's published parameter count. Built on the meta device."""
+    expected = torchvision_deeplabv3_keys(depth)
+    assert parameter_count(expected) == TORCHVISION_PARAMS[depth]  # the generator agrees with torchvision
+    with torch.device("meta"):
+        model = load_torchvision(meta_state(expected))
+    assert next(model.parameters()).device.type == "meta"
+    assert shapes_of(model.state_dict()) == expected
+    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_PARAMS[depth]
+    assert model.backbone.depth == depth
+
+
+def test_torchvision_layout_without_aux_head():
+    """A checkpoint without ``aux_classifier.*`` (``aux_loss=False``) builds a model without the aux head."""
+    expected = torchvision_deeplabv3_keys(50, num_classes=7, aux=False)
+    with torch.device("meta"):
+        model = load_torchvision(meta_state(expected))
+    assert model.aux_classifier is None
+    assert shapes_of(model.state_dict()) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. numerical parity with torchvision's computation
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # ~10 s on 2 cores: three ResNet-50 forwards at output stride 8
+def test_torchvision_numerical_parity(tv_r50):
+    """Our model loaded from a torchvision file computes torchvision's forward ("out" and "aux") on an odd
+    input size; the same check rejects the paper's dilation convention, so the comparison is sensitive."""
+    path, state = tv_r50
+    model = load_torchvision(path).eval()
+    x = torch.randn(1, 3, 65, 97, generator=torch.Generator().manual_seed(1))
+    features = {}
+    model.backbone.register_forward_hook(lambda module, inputs, output: features.update(output))
+    with torch.no_grad():
+        ref_out, ref_aux = torchvision_forward(state, x)
+        out = model(x)  # eval mode returns only "out"; torchvision's "aux" is the aux head on the same features
+        aux = F.interpolate(model.aux_classifier(features["aux"]), size=x.shape[-2:], mode="bilinear",
+                            align_corners=False)
+    assert out.shape == ref_out.shape == (1, 21, 65, 97)
+    assert aux.shape == ref_aux.shape == (1, 21, 65, 97)
+    assert 0.05 < ref_out.std().item() < 100, "random weights should keep activations O(1)"
+    assert relative_error(out, ref_out) < 1e-4
+    assert relative_error(aux, ref_aux) < 1e-4
+
+    # The paper's convention (the whole stage dilated, first unit included) must differ measurably.
+    model.backbone.first_unit_previous_dilation = False
+    model.backbone.set_output_stride(8)
+    with torch.no_grad():
+        assert relative_error(model(x), ref_out) > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. ImageNet ResNet classifier files
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [50, 18])
+def test_imagenet_resnet_loads_every_backbone_tensor(tmp_path, depth):
+    """Every backbone tensor of a torchvision ImageNet file lands in the backbone; ``fc.*`` is dropped."""
+    state = random_state(torchvision_imagenet_resnet_keys(depth), seed=depth)
+    path = tmp_path / ("resnet50-0676ba61.pth" if depth == 50 else "resnet18-f37072fd.pth")
+    torch.save(state, path)
+    model = deeplabv3(backbone=f"resnet{depth}")
+    report = load_backbone_weights(model, path)
+    backbone_keys = set(state) - {"fc.weight", "fc.bias"}
+    assert set(report.loaded) == backbone_keys
+    assert report.missing == [] and report.skipped == []
+    loaded = model.backbone.state_dict()
+    assert set(loaded) == backbone_keys
+    for key in backbone_keys:
+        assert torch.equal(loaded[key], state[key]), key
+
+
+def test_imagenet_resnet_extra_blocks_reported_missing(tmp_path):
+    """With cascaded block5/block6 the file still loads; exactly their keys stay at initialisation."""
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(random_state(torchvision_imagenet_resnet_keys(50), seed=3), path)
+    model = deeplabv3(backbone="resnet50", extra_blocks=2)
+    report = load_backbone_weights(model, path)
+    extra = {k for k in model.backbone.state_dict() if k.startswith(("layer5.", "layer6."))}
+    assert extra and set(report.missing) == extra
+    assert set(report.loaded) == set(torchvision_resnet_keys(50))
+
+
+def test_imagenet_resnet_depth_mismatch(tmp_path):
+    """A ResNet-50 file into a ResNet-101 model fails naming the file and both depths."""
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(random_state(torchvision_imagenet_resnet_keys(50), seed=4), path)
+    with pytest.raises(WeightsError) as error:
+        load_backbone_weights(deeplabv3(backbone="resnet101"), path)
+    assert_one_line_naming(error, path)
+    rest = message_of(error).replace(str(path), "")  # the file name itself contains "50"
+    assert re.search(r"\b50\b", rest) and re.search(r"\b101\b", rest), rest
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. errors and fine-tuning
+# ---------------------------------------------------------------------------------------------------------
+
+def test_class_count_mismatch_message(tv_r50):
+    """Loading a 21-class file into an 11-class model names the file, the key, both shapes and finetune."""
+    path, _ = tv_r50
+    model = deeplabv3(**torchvision_deeplabv3_config(50, num_classes=11))
+    with pytest.raises(WeightsError) as error:
+        load_weights(model, path)
+    text = message_of(error)
+    assert_one_line_naming(error, path)
+    for fragment in ("classifier.4.weight", "(21, 256, 1, 1)", "(11, 256, 1, 1)", "finetune"):
+        assert fragment in text, (fragment, text)
+
+
+def test_finetune_skips_exactly_the_class_layers(tv_r50):
+    """``finetune=True`` loads every tensor but the class layers of both heads, and says which it skipped."""
+    path, state = tv_r50
+    model = deeplabv3(**torchvision_deeplabv3_config(50, num_classes=11))
+    report = load_weights(model, path, finetune=True)
+    assert set(report.skipped) == CLASS_LAYER_KEYS and len(report.skipped) == 4
+    loaded = model.state_dict()
+    assert loaded["classifier.4.weight"].shape == (11, 256, 1, 1)
+    assert set(loaded) == set(state)
+    for key in set(state) - CLASS_LAYER_KEYS:
+        assert torch.equal(loaded[key], state[key]), key
+
+
+def test_load_torchvision_with_other_class_count(tv_r50):
+    """``load_torchvision(num_classes=11)`` needs ``finetune=True``; then only the class layers are fresh."""
+    path, state = tv_r50
+    with pytest.raises(WeightsError) as error:
+        load_torchvision(path, num_classes=11)
+    assert_one_line_naming(error, path)
+    model = load_torchvision(path, num_classes=11, finetune=True)
+    loaded = model.state_dict()
+    assert loaded["classifier.4.weight"].shape == (11, 256, 1, 1)
+    assert loaded["aux_classifier.4.bias"].shape == (11,)
+    for key in set(state) - CLASS_LAYER_KEYS:
+        assert torch.equal(loaded[key], state[key]), key
+
+
+def test_unreadable_files_fail_with_one_line_naming_the_file(tmp_path):
+    """Wrong contents, empty files and missing paths fail with one line that names the file."""
+    as_list = tmp_path / "list.pth"
+    torch.save([torch.zeros(2), torch.ones(2)], as_list)
+    text = tmp_path / "text.pth"
+    text.write_text("this is not a checkpoint\nsecond line\n")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    for path in (as_list, text, empty):
+        with pytest.raises(WeightsError) as error:
+            load_torchvision(path)
+        assert_one_line_naming(error, path)
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(FileNotFoundError) as error:
+        load_torchvision(missing)
+    assert_one_line_naming(error, missing)
+
+
+def test_imagenet_resnet_incomplete_file_names_it(tmp_path):
+    """A key/shape mismatch found after the file was read still names the file, not "state dict"."""
+    state = random_state(torchvision_imagenet_resnet_keys(50), seed=6)
+    del state["layer4.2.bn3.running_var"]
+    path = tmp_path / "resnet50-truncated.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as error:
+        load_backbone_weights(deeplabv3(backbone="resnet50"), path)
+    assert_one_line_naming(error, path)
+    assert "layer4.2.bn3.running_var" in message_of(error)
+
+
+def test_imagenet_file_given_to_load_torchvision(tmp_path):
+    """An ImageNet classifier is not a DeepLabV3 checkpoint: the error names the file and the right loader."""
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(random_state(torchvision_imagenet_resnet_keys(50), seed=5), path)
+    with pytest.raises(WeightsError) as error:
+        load_torchvision(path)
+    assert_one_line_naming(error, path)
+    assert "load_backbone_weights" in message_of(error)
+
+
+class _WritesMarker:
+    """A pickle payload that creates ``marker`` when unpickled — what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_pickled_code_is_not_run(tmp_path):
+    """Files are read with ``weights_only=True``: the payload is refused and never runs. The same file
+    loaded unsafely does create the marker, so the payload is live."""
+    path = tmp_path / "evil.pth"
+    marker = tmp_path / "marker"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _WritesMarker(marker)}, path)
+    with pytest.raises(WeightsError) as error:
+        load_torchvision(path)
+    assert_one_line_naming(error, path)
+    assert not marker.exists()
+    with pytest.raises(WeightsError):
+        load_weights(deeplabv3(backbone="resnet18"), path)
+    assert not marker.exists()
+
+    torch.load(path, weights_only=False)  # the control: unsafe unpickling runs the payload
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. our own model files
+# ---------------------------------------------------------------------------------------------------------
+
+def small_models():
+    return {
+        "v3_resnet18": lambda: deeplabv3(backbone="resnet18", num_classes=5),
+        "v3plus_mobilenet": lambda: deeplabv3plus(backbone="mobilenet_v2", width_mult=0.5, num_classes=3),
+    }
+
+
+def eval_logits(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.randn(2, 3, 49, 67, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("name", ["v3_resnet18", "v3plus_mobilenet"])
+def test_save_load_roundtrip_is_bit_identical(tmp_path, name, suffix):
+    """save_model → load_model rebuilds the model from the file alone: identical logits, same metadata."""
+    torch.manual_seed(0)
+    model = small_models()[name]()
+    randomise_bn_stats(model, seed=1)
+    metadata = {"classes": [f"class_{i}" for i in range(model.config["num_classes"])],
+                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "ignore_index": 255}
+    path = save_model(model, tmp_path / f"model{suffix}", metadata=metadata)
+    torch.manual_seed(123)  # a different init: only the file can make the logits equal
+    loaded, meta = load_model(path)
+    assert meta == metadata
+    assert loaded.config == model.config
+    assert torch.equal(eval_logits(loaded), eval_logits(model))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_output_stride_change_is_saved(tmp_path, suffix):
+    """``set_output_stride(8)`` before saving comes back: stride, ASPP rates, dilations and logits."""
+    torch.manual_seed(0)
+    model = deeplabv3(backbone="resnet18", num_classes=5)
+    randomise_bn_stats(model, seed=2)
+    model.set_output_stride(8)
+    path = save_model(model, tmp_path / f"os8{suffix}")
+    loaded, _ = load_model(path)
+    assert loaded.output_stride == 8
+    assert loaded.aspp_rates == model.aspp_rates == (12, 24, 36)
+    assert loaded.backbone.unit_dilations == model.backbone.unit_dilations
+    assert torch.equal(eval_logits(loaded), eval_logits(model))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("name", ["v3_resnet18", "v3plus_mobilenet"])
+def test_load_model_with_other_class_count(tmp_path, name, suffix):
+    """Another ``num_classes`` fails without ``finetune``; with it, all but the class layer is loaded."""
+    model = small_models()[name]()
+    path = save_model(model, tmp_path / f"model{suffix}")
+    with pytest.raises(WeightsError) as error:
+        load_model(path, num_classes=7)
+    assert_one_line_naming(error, path)
+    assert "finetune" in message_of(error)
+    loaded, _ = load_model(path, num_classes=7, finetune=True)
+    original, new = model.state_dict(), loaded.state_dict()
+    changed = {k for k in original if original[k].shape != new[k].shape}
+    assert changed and all(k.startswith("classifier.") for k in changed)
+    for key in set(original) - changed:
+        assert torch.equal(new[key], original[key]), key
+    assert eval_logits(loaded).shape[1] == 7
+
+
+def test_failed_save_leaves_previous_file_untouched(tmp_path, monkeypatch):
+    """A save that dies halfway leaves the previous file byte for byte and no temporary file behind."""
+    path = save_model(deeplabv3(backbone="resnet18", num_classes=5), tmp_path / "model.pt")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def dies_midway(obj, handle, *args, **kwargs):
+        real_save({"partial": torch.zeros(1000)}, handle)  # some bytes reach the file first
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(deeplabv3(backbone="resnet18", num_classes=9), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    monkeypatch.undo()
+    assert load_model(path)[0].config["num_classes"] == 5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. MobileNetV2 ImageNet weights through the dispatcher
+# ---------------------------------------------------------------------------------------------------------
+
+needs_mobilenet_file = pytest.mark.skipif(not MOBILENET_FILE.is_file(), reason=f"{MOBILENET_FILE} absent")
+
+
+@needs_mobilenet_file
+def test_mobilenet_imagenet_via_dispatcher():
+    """``load_backbone_weights`` routes a MobileNetV2 backbone to the ImageNet importer: nothing missing,
+    only ``features.18`` (the 1x1 conv to 1280 the DeepLab backbone stops before) skipped."""
+    file_keys = list(torch.load(MOBILENET_FILE, map_location="cpu", weights_only=True))
+    model = deeplabv3(backbone="mobilenet_v2")
+    report = load_backbone_weights(model, MOBILENET_FILE)
+    assert report.missing == []
+    assert sorted(report.skipped) == sorted(k for k in file_keys if k.startswith("features.18."))
+    assert len(report.loaded) == len(model.backbone.state_dict()) == len(file_keys) - len(report.skipped)
+
+
+@needs_mobilenet_file
+def test_mobilenet_imagenet_into_half_width_fails():
+    """Width 1.0 weights do not fit a width-0.5 backbone: the error names the file and a shape."""
+    with pytest.raises(WeightsError) as error:
+        load_backbone_weights(deeplabv3(backbone="mobilenet_v2", width_mult=0.5), MOBILENET_FILE)
+    assert_one_line_naming(error, MOBILENET_FILE)
+    assert re.search(r"\(\d+(, \d+)+\)", message_of(error)), message_of(error)
