@@ -1,0 +1,1 @@
+"""Data: reading images and label maps safely; datasets and transforms."""
