@@ -278,7 +278,7 @@ def test_torchvision_layout_without_aux_head():
 # 2. numerical parity with torchvision's computation
 # ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # ~10 s on 2 cores: three ResNet-50 forwards at output stride 8
+@pytest.mark.slow  # 5-12 s alone on 2 cores: ResNet-50 forwards at output stride 8, cold oneDNN kernels
 def test_torchvision_numerical_parity(tv_r50):
     """Our model loaded from a torchvision file computes torchvision's forward ("out" and "aux") on an odd
     input size; the same check rejects the paper's dilation convention, so the comparison is sensitive."""
@@ -419,6 +419,19 @@ def test_imagenet_resnet_incomplete_file_names_it(tmp_path):
         load_backbone_weights(deeplabv3(backbone="resnet50"), path)
     assert_one_line_naming(error, path)
     assert "layer4.2.bn3.running_var" in message_of(error)
+
+
+def test_load_torchvision_rejects_other_backbone_depths(tmp_path):
+    """torchvision publishes DeepLabV3 only on ResNet-50/101: a ResNet-18 backbone fails as a WeightsError
+    naming the file and the depth (not a bare ValueError from the config helper)."""
+    keys = {k: v for k, v in torchvision_deeplabv3_keys(50).items() if not k.startswith("backbone.")}
+    keys.update(torchvision_resnet_keys(18, "backbone."))
+    path = tmp_path / "deeplabv3_resnet18.pth"
+    torch.save(random_state(keys, seed=8), path)
+    with pytest.raises(WeightsError) as error:
+        load_torchvision(path)
+    assert_one_line_naming(error, path)
+    assert re.search(r"\b18\b", message_of(error).replace(str(path), "")), message_of(error)
 
 
 def test_imagenet_file_given_to_load_torchvision(tmp_path):

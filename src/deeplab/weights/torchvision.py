@@ -48,6 +48,9 @@ def load_torchvision(
         raise WeightsError(f"{name}: not a torchvision deeplabv3_resnet50/101 state dict "
                            "(expected keys backbone.conv1.weight and classifier.4.weight)")
     depth = _resnet_depth(state, "backbone.", name)
+    if depth not in TORCHVISION_DEEPLABV3_DEPTHS:
+        raise WeightsError(f"{name}: has a ResNet-{depth} backbone; torchvision's DeepLabV3 exists for ResNet "
+                           f"depths {TORCHVISION_DEEPLABV3_DEPTHS} only (load other layouts with load_weights)")
     file_classes = state["classifier.4.weight"].shape[0]
     has_aux = any(k.startswith("aux_classifier.") for k in state)
     model = deeplabv3(**torchvision_deeplabv3_config(depth, num_classes or file_classes, has_aux))

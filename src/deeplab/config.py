@@ -1,0 +1,211 @@
+"""Experiment configuration: typed dataclasses with defaults in code, one flat YAML per experiment (no
+inheritance), dotted overrides on the command line (``--set train.lr=0.01``).
+
+Unknown keys and wrong types fail with the list of valid keys; the resolved config is saved next to the run.
+Model code never imports this module: ``model_kwargs(config)`` turns the config into builder arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "deeplabv3"                  # deeplabv3 | deeplabv3plus
+    backbone: str = "resnet101"
+    output_stride: int = 16
+    multi_grid: tuple[int, ...] = (1, 2, 4)
+    extra_blocks: int = 0
+    aspp_rates: tuple[int, ...] | None = None  # None: derived from the output stride; []: mobile ASPP
+    image_pooling: bool = True
+    separable_aspp: bool | None = None
+    aspp_dropout: float = 0.1
+    aux_loss: bool = False
+    width_mult: float = 1.0
+    align_corners: bool = False
+    backbone_weights: str | None = None      # ImageNet weights file for the backbone
+    init_weights: str | None = None          # a deeplab model file / checkpoint to start from
+    finetune: bool = False                   # with init_weights: load all but the class layers
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "voc"                     # voc | camvid | cityscapes | folder
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    images: str = ""                         # folder layout only
+    masks: str = ""
+    crop_size: tuple[int, int] = (513, 513)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    jitter: bool = False
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    workers: int = 2
+    skip_bad: bool = False
+    max_train_images: int | None = None      # a subset for smoke runs
+    max_val_images: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 30000
+    batch_size: int = 16
+    lr: float = 0.007
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_iterations: int = 0
+    bn_momentum: float = 0.0003              # PyTorch momentum = 1 - the paper's decay 0.9997
+    freeze_bn: bool = False                  # the paper's second stage (OS8 fine-tune)
+    class_weights: str | tuple[float, ...] | None = None  # None | "median" | explicit weights
+    aux_weight: float = 0.4
+    amp: bool = True                         # CUDA only; ignored on CPU
+    sync_bn: bool = True                     # under DDP on CUDA
+    grad_accumulation: int = 1
+    eval_every: int = 1000
+    eval_output_stride: int | None = None
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    time_budget_minutes: float | None = None  # stop (and evaluate) when the wall-clock budget is spent
+    seed: int = 0
+    log_every: int = 20
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message lists the valid keys."""
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults ← the YAML file ← ``key=value`` overrides (dotted keys, YAML-typed values)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    return _build(Config, data, str(path) if path else "config")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return _plain(dataclasses.asdict(config))
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    from .fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
+
+
+def model_kwargs(model: ModelConfig, num_classes: int) -> dict[str, Any]:
+    """Builder arguments for ``deeplab.models.build_model`` (the one bridge from config to model code)."""
+    kwargs = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+              if f.name not in ("backbone_weights", "init_weights", "finetune")}
+    kwargs["num_classes"] = num_classes
+    if model.arch == "deeplabv3plus":
+        kwargs.pop("extra_blocks")
+    else:
+        kwargs.pop("separable_aspp") if model.separable_aspp is None else None
+    return kwargs
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} in "
+                          f"{cls.__name__}; valid keys: {', '.join(fields)}")
+    values = {}
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {name!r} must be a section (mapping), got {value!r}")
+            values[name] = _build(hint, value, f"{where}: {name}")
+        else:
+            values[name] = _coerce(value, hint, f"{where}: {cls.__name__.removesuffix('Config').lower()}.{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field's type; lists become tuples; ints are accepted for floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(hint)}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {value!r} is not a list ({_type_name(hint)})")
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ConfigError(f"{where}: expected {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, item_types))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

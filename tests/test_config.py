@@ -1,0 +1,63 @@
+"""Config: defaults in code, flat YAML per experiment, dotted overrides, clear errors, saved and reloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from deeplab.config import Config, ConfigError, load_config, model_kwargs, save_config
+
+
+def test_yaml_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: camvid\nmodel:\n  backbone: mobilenet_v2\n  aspp_rates: []\ndata:\n  crop_size: [360, 480]\n")
+    config = load_config(path, ["train.lr=0.01", "train.class_weights=median", "model.output_stride=8"])
+    assert config.name == "camvid" and config.model.backbone == "mobilenet_v2"
+    assert config.model.aspp_rates == () and config.data.crop_size == (360, 480)
+    assert config.train.lr == 0.01 and config.train.class_weights == "median" and config.model.output_stride == 8
+    assert config.train.momentum == 0.9  # untouched default
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", r"unknown key\(s\) 'lrr' in TrainConfig; valid keys: iterations, batch_size, lr"),
+    ("trainer.lr=1", r"unknown key\(s\) 'trainer' in Config; valid keys: name, output_dir, model, data, train"),
+    ("train.lr=abc", r"train.lr: 'abc' is not a valid float"),
+    ("model.output_stride=1.5", r"model.output_stride: 1.5 is not a valid int"),
+    ("data.crop_size=[1]", r"expected 2 values"),
+    ("train.freeze_bn=maybe", r"not a valid bool"),
+    ("train.lr", r"must look like section.key=value"),
+])
+def test_bad_overrides_fail_with_valid_keys(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(broken)
+
+
+def test_resolved_config_round_trip(tmp_path: Path) -> None:
+    config = load_config(None, ["model.backbone=resnet50", "train.class_weights=[1.0, 2.0]"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_model_kwargs_build_a_model() -> None:
+    from deeplab.models import build_model
+
+    config = Config()
+    config.model.backbone, config.model.width_mult, config.model.aspp_rates = "mobilenet_v2", 0.5, ()
+    model = build_model(model_kwargs(config.model, 11))
+    assert model.aspp_rates == () and model.classifier[-1].out_channels == 11
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    load_config(path)
