@@ -9,9 +9,9 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import models
+from . import check_data, models
 
-SUBCOMMANDS = (models,)
+SUBCOMMANDS = (models, check_data)
 
 
 def build_parser() -> argparse.ArgumentParser:

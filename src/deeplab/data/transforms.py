@@ -1,0 +1,200 @@
+"""Joint image/label transforms on numpy arrays: image H×W×3 (uint8, float32 after ``Normalize``), label H×W int64.
+
+Training (the paper's recipe): photometric jitter (optional) → random scale in [0.5, 2.0] → random left-right
+flip → normalise → random crop → tensors. Evaluation: normalise → tensors, at full resolution.
+
+- Masks are only ever resampled nearest-neighbour (STYLE.md #9): a label value never appears that was not
+  in the input.
+- Crops pad the label with the ignore value and the image with 0 *after* normalisation, i.e. with the mean
+  pixel (the paper's "pad with mean"); that is why ``Normalize`` comes before ``RandomCrop``.
+- Randomness comes from torch's RNG: the global one by default, or a ``torch.Generator`` given to the
+  transform. The DataLoader seeds torch in every worker from its own base seed (drawn from the main
+  process's torch RNG, or the loader's ``generator``) at each epoch, so workers differ from one another,
+  every run with the same seed sees the same augmentations, and resuming needs only the torch RNG state
+  restored before the loader iterator is made. A numpy generator made at construction would instead be
+  copied identically into every worker. ``seed_worker`` also seeds numpy/random for third-party code.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+UINT8_MAX = 255.0
+
+Label = np.ndarray | None
+Pair = tuple[np.ndarray, Label]
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+
+
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in [0, high)."""
+    return int(torch.randint(high, (), generator=generator).item()) if high > 1 else 0
+
+
+def resize_nearest(label: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize by indexing (pixel centres aligned, as Pillow does for the image)."""
+    rows = np.minimum(((np.arange(height) + 0.5) * label.shape[0] / height).astype(np.int64), label.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * label.shape[1] / width).astype(np.int64), label.shape[1] - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[Callable]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: np.ndarray, label: Label) -> Pair:
+        for transform in self.transforms:
+            image, label = transform(image, label)
+        return image, label
+
+    def __repr__(self) -> str:
+        return "Compose(" + ", ".join(map(repr, self.transforms)) + ")"
+
+
+class RandomScale:
+    """Resize by a factor drawn uniformly from [low, high]: image bilinear (uint8), label nearest."""
+
+    def __init__(self, low: float = 0.5, high: float = 2.0, generator: torch.Generator | None = None) -> None:
+        if not 0 < low <= high:
+            raise ValueError(f"scale range must satisfy 0 < low <= high, got ({low}, {high})")
+        self.low, self.high, self.generator = low, high, generator
+
+    def __call__(self, image: np.ndarray, label: Label) -> Pair:
+        factor = _uniform(self.low, self.high, self.generator)
+        height = max(1, round(image.shape[0] * factor))
+        width = max(1, round(image.shape[1] * factor))
+        if image.dtype != np.uint8:
+            raise TypeError("RandomScale expects a uint8 image (put it before Normalize)")
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        return image, None if label is None else resize_nearest(label, height, width)
+
+    def __repr__(self) -> str:
+        return f"RandomScale({self.low}, {self.high})"
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        self.p, self.generator = p, generator
+
+    def __call__(self, image: np.ndarray, label: Label) -> Pair:
+        if _uniform(0.0, 1.0, self.generator) < self.p:
+            image = image[:, ::-1]
+            label = None if label is None else label[:, ::-1]
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class RandomCrop:
+    """A ``size`` crop at a random place; smaller inputs are first padded at the bottom/right.
+
+    The image is padded with ``fill`` (0 = the mean pixel once normalised), the label with ``ignore_index``,
+    so padding never counts in the loss or the metrics.
+    """
+
+    def __init__(self, size: int | tuple[int, int], ignore_index: int = 255, fill: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        if min(self.size) < 1:
+            raise ValueError(f"crop size must be positive, got {size}")
+        self.ignore_index, self.fill, self.generator = ignore_index, fill, generator
+
+    def __call__(self, image: np.ndarray, label: Label) -> Pair:
+        crop_h, crop_w = self.size
+        height, width = image.shape[:2]
+        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=self.fill)
+            if label is not None:
+                label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_index)
+        top = _randint(image.shape[0] - crop_h + 1, self.generator)
+        left = _randint(image.shape[1] - crop_w + 1, self.generator)
+        image = image[top:top + crop_h, left:left + crop_w]
+        return image, None if label is None else label[top:top + crop_h, left:left + crop_w]
+
+    def __repr__(self) -> str:
+        return f"RandomCrop({self.size}, ignore_index={self.ignore_index}, fill={self.fill})"
+
+
+class PhotometricJitter:
+    """Random brightness, contrast and saturation factors in [1 - x, 1 + x], on the uint8 image."""
+
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2,
+                 generator: torch.Generator | None = None) -> None:
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        self.generator = generator
+
+    def __call__(self, image: np.ndarray, label: Label) -> Pair:
+        factors = [_uniform(1 - x, 1 + x, self.generator) for x in (self.brightness, self.contrast, self.saturation)]
+        out = image.astype(np.float32) * factors[0]
+        gray = out @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as Pillow
+        out = (out - gray.mean()) * factors[1] + gray.mean()
+        gray = out @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        out = (out - gray[..., None]) * factors[2] + gray[..., None]
+        return np.clip(np.round(out), 0, UINT8_MAX).astype(np.uint8), label
+
+    def __repr__(self) -> str:
+        return f"PhotometricJitter({self.brightness}, {self.contrast}, {self.saturation})"
+
+
+class Normalize:
+    """uint8 image → float32 ``(x / 255 - mean) / std`` (mean/std in 0..1 units, per channel)."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    def __call__(self, image: np.ndarray, label: Label) -> Pair:
+        return (image.astype(np.float32) / UINT8_MAX - self.mean) / self.std, label
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+class ToTensor:
+    """Image → C×H×W float32 tensor (a uint8 image is scaled to [0, 1]); label → H×W int64 tensor."""
+
+    def __call__(self, image: np.ndarray, label: Label) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        tensor = tensor.float() / UINT8_MAX if tensor.dtype == torch.uint8 else tensor.float()
+        target = None if label is None else torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
+        return tensor, target
+
+    def __repr__(self) -> str:
+        return "ToTensor()"
+
+
+def train_transforms(crop_size: int | tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0),
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     ignore_index: int = 255, jitter: bool = False,
+                     generator: torch.Generator | None = None) -> Compose:
+    steps: list[Callable] = [PhotometricJitter(generator=generator)] if jitter else []
+    steps += [RandomScale(*scale_range, generator=generator), RandomHorizontalFlip(generator=generator),
+              Normalize(mean, std), RandomCrop(crop_size, ignore_index, fill=0.0, generator=generator), ToTensor()]
+    return Compose(steps)
+
+
+def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Compose:
+    """Full resolution: normalise and convert only."""
+    return Compose([Normalize(mean, std), ToTensor()])
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=seed_worker)``: seed numpy and ``random`` from the worker's torch seed.
+
+    Our transforms draw from torch only; this keeps any numpy/random-based code in a worker reproducible too.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
