@@ -53,6 +53,7 @@ class DataConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     workers: int = 2
     skip_bad: bool = False
+    classes: tuple[str, ...] = ()            # folder layout only
     max_train_images: int | None = None      # a subset for smoke runs
     max_val_images: int | None = None
 

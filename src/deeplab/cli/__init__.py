@@ -9,9 +9,9 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import check_data, models
+from . import check_data, models, train
 
-SUBCOMMANDS = (models, check_data)
+SUBCOMMANDS = (models, check_data, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,119 @@
+"""Training and evaluation loops (torchvision reference-script shape: ``train_one_step`` / ``evaluate``).
+
+``train(config)`` runs the paper's recipe (SPEC §3) for ``train.iterations`` steps: SGD + poly LR stepped per
+iteration, BN momentum, optional freeze-BN, class weights, aux loss, AMP and SyncBN on CUDA, gradient
+accumulation; it evaluates every ``eval_every`` steps, keeps the last N checkpoints and the best by mIoU,
+resumes exactly from the newest valid checkpoint, and under ``torchrun`` runs DDP with only rank 0 writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from .metrics import ConfusionMatrix
+from .training.distributed import DistInfo, all_reduce_sum
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf: the run stops with step, loss and lr; the last good checkpoint is kept."""
+
+
+@dataclass
+class StepResult:
+    loss: float
+    lr: float
+    images: int
+
+
+def train_one_step(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss_fn: nn.Module,
+                   optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
+                   device: torch.device, *, amp: bool, iteration: int) -> StepResult:
+    """One optimiser step over ``len(batches)`` accumulated micro-batches."""
+    optimizer.zero_grad(set_to_none=True)
+    total, images = 0.0, 0
+    for micro, (image, label) in enumerate(batches):
+        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        sync = contextlib.nullcontext()
+        if isinstance(model, DistributedDataParallel) and micro < len(batches) - 1:
+            sync = model.no_sync()  # all-reduce gradients once per step, not per micro-batch
+        with sync, torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = loss_fn(model(image), label) / len(batches)
+        if not torch.isfinite(loss):
+            lr = optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(f"loss is {loss.item()} at step {iteration} (lr {lr:.3g}); stopping without "
+                                   "overwriting the last good checkpoint — lower train.lr or check the data")
+        with sync:
+            (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.item()
+        images += image.shape[0]
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return StepResult(total, lr, images)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, ignore_index: int, device: torch.device,
+             info: DistInfo = DistInfo(), *, predict: Callable[[nn.Module, Tensor], Tensor] | None = None,
+             progress: bool = False) -> ConfusionMatrix:
+    """Dataset-level confusion matrix, summed across ranks. ``predict(model, images) → class scores`` lets
+    callers add multi-scale/flip/tiling; the default is one plain forward pass."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(num_classes, ignore_index)
+    for image, label in tqdm(loader, desc="eval", disable=not (progress and info.is_main), leave=False):
+        image = image.to(device)
+        scores = predict(model, image) if predict else model(image)
+        matrix.update(label, scores.argmax(1).cpu())
+    all_reduce_sum(matrix.matrix, info)
+    model.train(was_training)
+    return matrix
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Stopwatch:
+    """Wall-clock budget for ``train.time_budget_minutes`` (resumed runs count their earlier time)."""
+
+    def __init__(self, budget_minutes: float | None, already_spent: float = 0.0) -> None:
+        self.start = time.monotonic() - already_spent
+        self.budget = None if budget_minutes is None else budget_minutes * 60
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def expired(self) -> bool:
+        return self.budget is not None and self.elapsed >= self.budget
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def save_dir(path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

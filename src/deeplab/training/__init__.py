@@ -1,0 +1,1 @@
+"""Training machinery: optimiser and schedule, samplers, distributed helpers, resumable checkpoints."""

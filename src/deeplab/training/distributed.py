@@ -1,0 +1,69 @@
+"""Distributed helpers for runs launched by ``torchrun`` (DDP; gloo on CPU, NCCL on GPU).
+
+A run is distributed when torchrun's environment variables are present. Only rank 0 writes files; the
+evaluation's confusion matrices are summed across ranks. An explicit process-group timeout makes a dead
+peer fail the job instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_MINUTES = 10
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def init_distributed(device: torch.device, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistInfo:
+    """Join the process group torchrun set up (no-op for a single process)."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return info
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor across ranks in place (works for int64 confusion matrices on gloo and NCCL)."""
+    if info.enabled:
+        device = torch.device("cuda", info.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        buffer = tensor.to(device)
+        dist.all_reduce(buffer)
+        tensor.copy_(buffer.cpu())
+    return tensor
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
