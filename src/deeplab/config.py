@@ -79,6 +79,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3
     time_budget_minutes: float | None = None  # stop (and evaluate) when the wall-clock budget is spent
+    stop_after: int | None = None            # stop after this many steps of this invocation, as if killed
+                                             # (no final eval/save; the schedule still uses iterations)
     seed: int = 0
     log_every: int = 20
 

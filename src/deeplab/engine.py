@@ -38,7 +38,8 @@ class StepResult:
 def train_one_step(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss_fn: nn.Module,
                    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
                    device: torch.device, *, amp: bool, iteration: int) -> StepResult:
-    """One optimiser step over ``len(batches)`` accumulated micro-batches."""
+    """One optimiser step over ``len(batches)`` accumulated micro-batches. ``iteration``: steps done before
+    this one (messages count steps from 1, as metrics.csv and checkpoint names do)."""
     optimizer.zero_grad(set_to_none=True)
     total, images = 0.0, 0
     for micro, (image, label) in enumerate(batches):
@@ -50,7 +51,7 @@ def train_one_step(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], l
             loss = loss_fn(model(image), label) / len(batches)
         if not torch.isfinite(loss):
             lr = optimizer.param_groups[0]["lr"]
-            raise TrainingDiverged(f"loss is {loss.item()} at step {iteration} (lr {lr:.3g}); stopping without "
+            raise TrainingDiverged(f"loss is {loss.item()} at step {iteration + 1} (lr {lr:.3g}); stopping without "
                                    "overwriting the last good checkpoint — lower train.lr or check the data")
         with sync:
             (scaler.scale(loss) if scaler else loss).backward()

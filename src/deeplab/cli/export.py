@@ -104,7 +104,8 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _normalization(args: argparse.Namespace, metadata: dict, default: Normalization) -> tuple[list[float], list[float]]:
+def _normalization(args: argparse.Namespace, metadata: dict,
+                   default: Normalization) -> tuple[list[float], list[float]]:
     """--mean/--std, else the model file's, else (an untrained --model only) ImageNet's."""
     if args.mean is not None and args.std is not None:
         return args.mean, args.std

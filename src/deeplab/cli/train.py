@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -18,7 +20,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint")
     start.add_argument("--fresh", action="store_true",
-                       help="start from step 0 even if the run folder has checkpoints (they are kept)")
+                       help="start from step 0; refuses a run folder that already holds checkpoints "
+                            "(choose another name or output_dir)")
     parser.add_argument("--no-check", action="store_true", help="skip the pre-training dataset scan")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
     parser.set_defaults(run=run)
@@ -26,10 +29,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..engine import TrainingDiverged
     from ..training.runner import run_training
 
     config = load_config(args.config, args.overrides)
     resume = None if args.fresh else (args.resume or "auto")
-    result = run_training(config, resume=resume, progress=not args.no_progress, check_data=not args.no_check)
-    print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=float))
+    try:
+        result = run_training(config, resume=resume, progress=not args.no_progress, check_data=not args.no_check)
+    except TrainingDiverged as error:  # not a traceback: the message says the step, loss, lr and what to do
+        print(f"deeplab train: diverged: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=float))
     return 0

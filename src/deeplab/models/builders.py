@@ -35,6 +35,7 @@ def deeplabv3(
     head_conv: bool = False,
     aux_loss: bool = False,
     width_mult: float = 1.0,
+    channel_divisor: int = 8,
     first_unit_previous_dilation: bool = False,
     align_corners: bool = False,
 ) -> DeepLab:
@@ -55,11 +56,13 @@ def deeplabv3(
         head_conv: torchvision's extra 3×3 conv + BN + ReLU after the projection.
         aux_loss: add the auxiliary FCN head on the stride-16 stage (outputs returned in training only).
         width_mult: MobileNetV2 width multiplier (1.0, 0.5, ...).
+        channel_divisor: MobileNetV2 channel rounding (8: torchvision/ImageNet files; 1: TF DeepLab at width ≠ 1).
         first_unit_previous_dilation: torchvision's dilation convention (see ``ResNetBackbone``).
         align_corners: for every bilinear resize (TF DeepLab used True).
     """
     config = {"arch": "deeplabv3", **_locals_config(locals())}
-    body = _backbone(backbone, output_stride, multi_grid, extra_blocks, first_unit_previous_dilation, width_mult)
+    body = _backbone(backbone, output_stride, multi_grid, extra_blocks, first_unit_previous_dilation, width_mult,
+                     channel_divisor)
     _check_classes(num_classes)
     aspp_module = _aspp(body.channels("out"), output_stride, aspp_rates, aspp_channels, image_pooling,
                         separable_aspp, aspp_dropout) if aspp else None
@@ -86,6 +89,7 @@ def deeplabv3plus(
     separable_decoder: bool | None = None,
     aux_loss: bool = False,
     width_mult: float = 1.0,
+    channel_divisor: int = 8,
     align_corners: bool = False,
 ) -> DeepLab:
     """DeepLabV3+ (arXiv:1802.02611): DeepLabV3's ASPP as encoder plus a decoder that fuses stride-4
@@ -94,7 +98,7 @@ def deeplabv3plus(
     separable_aspp = backbone == "xception65" if separable_aspp is None else separable_aspp
     separable_decoder = backbone == "xception65" if separable_decoder is None else separable_decoder
     config = {"arch": "deeplabv3plus", **_locals_config(locals())}
-    body = _backbone(backbone, output_stride, multi_grid, 0, False, width_mult)
+    body = _backbone(backbone, output_stride, multi_grid, 0, False, width_mult, channel_divisor)
     _check_classes(num_classes)
     aspp_module = _aspp(body.channels("out"), output_stride, aspp_rates, aspp_channels, image_pooling,
                         separable_aspp, aspp_dropout)
@@ -147,9 +151,10 @@ def _check_classes(num_classes: int) -> None:
 
 
 def _backbone(name: str, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
-              first_unit_previous_dilation: bool, width_mult: float) -> nn.Module:
+              first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> nn.Module:
     return build_backbone(name, output_stride=output_stride, multi_grid=multi_grid, extra_blocks=extra_blocks,
-                          first_unit_previous_dilation=first_unit_previous_dilation, width_mult=width_mult)
+                          first_unit_previous_dilation=first_unit_previous_dilation, width_mult=width_mult,
+                          channel_divisor=channel_divisor)
 
 
 def _aspp(in_channels: int, output_stride: int, rates: Sequence[int] | None, channels: int, image_pooling: bool,

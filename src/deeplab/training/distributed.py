@@ -59,6 +59,28 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def _collective_device(info: DistInfo) -> torch.device:
+    return torch.device("cuda", info.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def mean_across_ranks(value: float, info: DistInfo) -> float:
+    """The mean of a number over all ranks (e.g. the logged training loss); every rank must call it."""
+    if not info.enabled:
+        return value
+    buffer = torch.tensor([value], dtype=torch.float64, device=_collective_device(info))
+    dist.all_reduce(buffer)
+    return buffer.item() / info.world_size
+
+
+def broadcast_from_main(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Rank 0's value of ``tensor`` on every rank (for decisions all ranks must take together)."""
+    if info.enabled:
+        buffer = tensor.to(_collective_device(info))
+        dist.broadcast(buffer, src=0)
+        tensor.copy_(buffer.cpu())
+    return tensor
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -41,7 +41,8 @@ class Logbook:
         summary = matrix.summary(self.class_names)
         self._add(step, {"val mIoU": summary["miou"], "val pixel acc": summary["pixel_accuracy"]})
         write_metrics_csv(self.series, self.csv)
-        atomic_write_bytes(self.run_dir / "eval.json", json.dumps({"step": step, **summary}, indent=2).encode())
+        record = {"step": step, **summary, "confusion_matrix": matrix.matrix.tolist()}  # rows: truth, cols: prediction
+        atomic_write_bytes(self.run_dir / "eval.json", json.dumps(record, indent=2).encode())
         plot_confusion_matrix(matrix.matrix.numpy(), self.class_names, self.run_dir / "confusion_matrix.png")
         self.plot()
 
@@ -53,6 +54,9 @@ class Logbook:
             return
         self.plot()
         atomic_write_bytes(self.run_dir / "result.json", json.dumps(result, indent=2, default=float).encode())
+        self.close()
+
+    def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
 

@@ -22,12 +22,12 @@ from ..data.transforms import eval_transforms, train_transforms
 from ..engine import Stopwatch, evaluate, train_one_step, unwrap
 from ..losses import SegmentationLoss
 from ..models.builders import build_model
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, broadcast_from_main, cleanup, init_distributed, mean_across_ranks
 from .logbook import Logbook
 from .optim import build_optimizer, build_scheduler, freeze_batch_norm, set_bn_momentum
 from .sampler import AugmentedDataset, ShardSampler, TrainSampler
-from .state import (latest_valid_checkpoint, load_training_checkpoint, prune_checkpoints, save_training_checkpoint,
-                    set_rng_state)
+from .state import (latest_valid_checkpoint, list_checkpoints, load_training_checkpoint, prune_checkpoints,
+                    save_training_checkpoint, set_rng_state)
 
 
 def make_dataset(config: Config, split: str, limit: int | None) -> SegmentationDataset:
@@ -69,12 +69,33 @@ def run_training(config: Config, *, resume: str | None = "auto", progress: bool 
         device = torch.device("cuda", info.local_rank)
     log = print if info.is_main else (lambda *_: None)
     train_cfg, run_dir = config.train, config.run_dir
-    if info.is_main:
-        _check_writable(run_dir)
     try:
+        check_train_settings(config)
+        if info.is_main:
+            _check_writable(run_dir)
+        if resume is None:
+            _refuse_earlier_run(run_dir)
         return _run(config, train_cfg, run_dir, device, info, log, resume, progress, check_data)
     finally:
         cleanup(info)
+
+
+def check_train_settings(config: Config) -> None:
+    """Settings that cannot work, refused before any data is read or a step is taken (one-line errors)."""
+    train = config.train
+    if train.stop_after is not None and train.stop_after < 1:
+        raise ValueError(f"train.stop_after must be a positive number of steps or null, got {train.stop_after}")
+    for key in ("iterations", "batch_size", "grad_accumulation", "eval_every", "checkpoint_every", "log_every",
+                "keep_last"):
+        if getattr(train, key) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {getattr(train, key)}")
+    # ASPP's image-pooling branch pools each image to one value per channel, so its batch norm sees
+    # ``batch_size`` values per process (RELIABILITY.md "Batch of one in training"). The model refuses a
+    # 1-image batch at the first forward pass; say so before the dataset scan and model build instead.
+    if config.model.image_pooling and not train.freeze_bn and train.batch_size < 2:
+        raise ValueError(f"train.batch_size={train.batch_size}: the ASPP image-pooling batch norm cannot train on "
+                         "1 image per process; use train.batch_size >= 2, train.freeze_bn=true or "
+                         "model.image_pooling=false")
 
 
 def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: DistInfo, log, resume, progress,
@@ -106,7 +127,7 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
                                aux_weight=train_cfg.aux_weight).to(device)
 
     start, best, spent = 0, float("-inf"), 0.0
-    checkpoint = _find_resume(run_dir, resume)
+    checkpoint = _find_resume(run_dir, resume, log)
     if checkpoint is not None:
         path, payload = checkpoint
         model.load_state_dict(payload["state_dict"])
@@ -132,9 +153,14 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
                                  config.data.std, dataset_info.ignore_index, config.data.jitter, generator)
     sampler = TrainSampler(len(train_set), train_cfg.batch_size, seed=train_cfg.seed, rank=info.rank,
                            world_size=info.world_size, start_iteration=start * train_cfg.grad_accumulation)
+    # The loader gets its own generator: its iterator draws the workers' base seed from it, not from the global
+    # torch RNG, which the model's dropout uses — otherwise the draw made when a resumed run creates its
+    # iterator would shift every later dropout mask and break bit-exact resume. (Augmentation is seeded per
+    # sample by AugmentedDataset, so the workers' seeds do not matter for the data.)
     loader = DataLoader(AugmentedDataset(train_set, transform, generator, train_cfg.seed, dataset_info.ignore_index),
                         batch_size=train_cfg.batch_size, sampler=sampler, num_workers=config.data.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=config.data.workers > 0)
+                        pin_memory=device.type == "cuda", persistent_workers=config.data.workers > 0,
+                        generator=torch.Generator().manual_seed(train_cfg.seed))
     val_set.transform = eval_transforms(config.data.mean, config.data.std)
     val_loader = DataLoader(val_set, batch_size=1, sampler=ShardSampler(len(val_set), info.rank, info.world_size),
                             num_workers=config.data.workers)
@@ -165,8 +191,16 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
 
     def validate(step: int) -> dict[str, Any]:
         nonlocal best
-        matrix = evaluate(unwrap(model), val_loader, num_classes,
-                          dataset_info.ignore_index, device, info, progress=progress)
+        net = unwrap(model)
+        train_stride, eval_stride = net.output_stride, train_cfg.eval_output_stride
+        if eval_stride and eval_stride != train_stride:  # e.g. train at OS16, evaluate at OS8 (paper §4.3)
+            net.set_output_stride(eval_stride)
+        try:
+            matrix = evaluate(net, val_loader, num_classes, dataset_info.ignore_index, device, info,
+                              progress=progress)
+        finally:
+            if net.output_stride != train_stride:
+                net.set_output_stride(train_stride)
         set_train_mode(model, train_cfg.freeze_bn)
         summary = matrix.summary(dataset_info.classes)
         logbook.evaluation(step, matrix)
@@ -176,7 +210,9 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
             save(step, "best.pt")
         return summary
 
-    while iteration < train_cfg.iterations and not stopwatch.expired():
+    stop_at = train_cfg.iterations if train_cfg.stop_after is None else min(train_cfg.iterations,
+                                                                             start + train_cfg.stop_after)
+    while iteration < stop_at and not out_of_time(stopwatch, info):
         micro = [next(batches) for _ in range(train_cfg.grad_accumulation)]
         step = train_one_step(model, micro, loss_fn, optimizer, scheduler, scaler, device, amp=amp,
                               iteration=iteration)
@@ -186,7 +222,7 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
         bar.update()
         if iteration % train_cfg.log_every == 0 or iteration == train_cfg.iterations:
             rate = window_images / max(time.monotonic() - window_start, 1e-9)
-            loss = sum(window) / len(window)
+            loss = mean_across_ranks(sum(window) / len(window), info)  # every rank logs at the same steps
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step.lr:.2e}", img_s=f"{rate:.2f}")
             logbook.training(iteration, loss, step.lr, rate)
             window, window_start, window_images = [], time.monotonic(), 0
@@ -195,6 +231,13 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
         if iteration % train_cfg.checkpoint_every == 0:
             save(iteration)
     bar.close()
+    if iteration < train_cfg.iterations and iteration == stop_at:
+        # train.stop_after: leave the run as a kill would (last periodic checkpoint, no final eval or save).
+        log(f"stopped after {iteration - start} step(s) at step {iteration} (train.stop_after); "
+            "run again to resume from the newest checkpoint")
+        barrier(info)
+        logbook.close()
+        return {"iteration": iteration, "stopped": True, "best_miou": best}
     if stopwatch.expired() and iteration < train_cfg.iterations:
         log(f"time budget of {train_cfg.time_budget_minutes} min spent at step {iteration}")
     if iteration % train_cfg.eval_every != 0 or not result:
@@ -207,12 +250,31 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
     return result
 
 
-def _find_resume(run_dir: Path, resume: str | None) -> tuple[Path, dict] | None:
+def out_of_time(stopwatch: Stopwatch, info: DistInfo) -> bool:
+    """The time-budget decision, taken by rank 0 for all ranks: ranks whose clocks disagreed would otherwise
+    leave the loop at different steps and wait on each other's collectives until the timeout."""
+    if stopwatch.budget is None:
+        return False
+    flag = torch.tensor([int(stopwatch.expired())])
+    return bool(broadcast_from_main(flag, info).item())
+
+
+def _find_resume(run_dir: Path, resume: str | None, log=print) -> tuple[Path, dict] | None:
     if resume is None:
+        _refuse_earlier_run(run_dir)
         return None
     if resume == "auto":
-        return latest_valid_checkpoint(run_dir)
+        return latest_valid_checkpoint(run_dir, log=log)
     return Path(resume), load_training_checkpoint(resume)
+
+
+def _refuse_earlier_run(run_dir: Path) -> None:
+    """A fresh start in a folder with checkpoints would mix two runs: pruning would delete the new run's
+    checkpoints (the old ones have higher step numbers) and the next auto-resume would pick the old run."""
+    existing = list_checkpoints(run_dir)
+    if existing:
+        raise FileExistsError(f"{run_dir} already holds checkpoints of an earlier run (newest {existing[0].name}); "
+                              "resume it, choose another name or output_dir, or delete them")
 
 
 def _class_weights(setting, report, train_set, num_classes: int, progress: bool, log) -> list[float] | None:
@@ -235,10 +297,10 @@ def _class_weights(setting, report, train_set, num_classes: int, progress: bool,
 
 def _check_writable(run_dir: Path) -> None:
     """Fail before any work if the output folder cannot be written."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     probe = run_dir / ".write-test"
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise OSError(f"{run_dir}: output folder is not writable ({error.strerror})") from None
+        raise OSError(f"{run_dir}: output folder is not writable ({error.strerror or error})") from None

@@ -13,7 +13,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -73,12 +73,16 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def latest_valid_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads (a damaged one — e.g. from a disk failure — is passed over)."""
+def latest_valid_checkpoint(run_dir: str | os.PathLike, log: Callable[[str], Any] | None = None
+                            ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads (a damaged one — e.g. from a disk failure — is passed over, and
+    reported through ``log``)."""
     for path in list_checkpoints(run_dir):
         try:
             return path, load_training_checkpoint(path)
-        except (WeightsError, OSError):
+        except (WeightsError, OSError) as error:
+            if log is not None:
+                log(f"skipping damaged checkpoint {error}")
             continue
     return None
 

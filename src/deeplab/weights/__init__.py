@@ -4,6 +4,7 @@
 - ``load_backbone_weights(model, path)``: ImageNet weights into the backbone (torchvision ResNet files
   with ``fc.*``; the ``pytorch-mobilenet-v2`` / torchvision MobileNetV2 layouts).
 - ``load_weights(model, path, finetune=...)``: any state dict in our layout, with key/shape errors.
+- ``load_tflite(path)``: the authors' TFLite DeepLab models (``pip install 'deeplab[tflite]'``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..models.backbones.mobilenet import MobileNetV2Backbone
 from ..models.backbones.resnet import ResNetBackbone
 from .io import LoadReport, WeightsError, load_weights, read_file, read_state_dict
 from .mobilenet_imagenet import convert_mobilenet_v2_imagenet, load_mobilenet_v2_imagenet
+from .tflite import load_tflite, read_tflite_tensors, tflite_preprocessing
 from .torchvision import load_resnet_imagenet, load_torchvision, torchvision_deeplabv3_config
 
 
@@ -32,5 +34,5 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
 
 
 __all__ = ["LoadReport", "WeightsError", "convert_mobilenet_v2_imagenet", "load_backbone_weights",
-           "load_mobilenet_v2_imagenet", "load_resnet_imagenet", "load_torchvision", "load_weights", "read_file",
+           "load_mobilenet_v2_imagenet", "load_resnet_imagenet", "load_tflite", "read_tflite_tensors", "tflite_preprocessing", "load_torchvision", "load_weights", "read_file",
            "read_state_dict", "torchvision_deeplabv3_config"]

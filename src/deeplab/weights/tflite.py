@@ -22,12 +22,14 @@ The graph carries no metadata ("TOCO Converted."): inputs are already normalised
 mean 0.5 / std 0.5 on [0, 1] images, the repo's metadata convention) and the class names are VOC's —
 ``tflite_preprocessing()`` gives both, plus the graph's input size, as ``save_model`` metadata.
 
+Channel counts: TF DeepLab builds MobileNetV2 with ``divisible_by=1`` when the depth multiplier is not 1,
+so ×0.5 has a 12-channel stage where torchvision's rounding (ours) gives 16 — see ``_build``.
+
 Parsing uses the pure-Python ``tflite`` package (``pip install 'deeplab[tflite]'``), imported lazily.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -167,7 +169,10 @@ def _parse(tflite: Any, path: Path, data: bytes) -> TFLiteGraph:
         if op_type == "DEQUANTIZE" and inputs[0] in constants:  # fp16 / int8 weight storage: fold it
             constants[outputs[0]] = constants[inputs[0]].astype(np.float32)
             continue
-        ops.append(TFLiteOp(i, op_type, inputs, outputs, _options(tflite, op_type, op)))
+        options = _options(tflite, op_type, op)
+        if not options and op_type in (*CONV_OPS, *RESIZE_OPS, "AVERAGE_POOL_2D"):
+            raise WeightsError(f"{path}: op {i} {op_type} (tensor {outputs[0]!r}) has no options table")
+        ops.append(TFLiteOp(i, op_type, inputs, outputs, options))
     inputs = tuple(names[graph.Inputs(k)] for k in range(graph.InputsLength()))
     outputs = tuple(names[graph.Outputs(k)] for k in range(graph.OutputsLength()))
     return TFLiteGraph(path, ops, constants, shapes, dtypes, inputs, outputs)
@@ -231,7 +236,8 @@ def _options(tflite: Any, op_type: str, op: Any) -> dict[str, Any]:
         return {"stride": (o.StrideH(), o.StrideW()), "filter": (o.FilterHeight(), o.FilterWidth()),
                 "padding": padding.get(o.Padding()), "activation": activation.get(o.FusedActivationFunction())}
     if op_type in RESIZE_OPS:
-        o = read(tflite.ResizeBilinearOptions if op_type == "RESIZE_BILINEAR" else tflite.ResizeNearestNeighborOptions)
+        bilinear = op_type == "RESIZE_BILINEAR"
+        o = read(tflite.ResizeBilinearOptions if bilinear else tflite.ResizeNearestNeighborOptions)
         return {"align_corners": bool(o.AlignCorners()), "half_pixel_centers": bool(o.HalfPixelCenters())}
     if op_type == "ADD":
         return {"activation": activation.get(read(tflite.AddOptions).FusedActivationFunction())}
@@ -348,7 +354,7 @@ def _check_pool(graph: TFLiteGraph, pool: TFLiteOp, features: str) -> None:
     """Image pooling must be a global average of the backbone output (our AdaptiveAvgPool2d(1))."""
     height, width = graph.shapes[features][1:3]
     if pool.inputs[0] != features:
-        raise _error(graph, pool, pool.inputs[0], f"pools another tensor than the 1x1 branch reads ({features!r})")
+        raise _error(graph, pool, pool.inputs[0], f"pools another tensor than the 1x1 branch ({features!r})")
     if pool.type == "AVERAGE_POOL_2D":
         ok = pool.options.get("filter") == (height, width) and graph.shapes[pool.outputs[0]][1:3] == (1, 1)
     else:
@@ -435,7 +441,8 @@ def import_tflite(graph: TFLiteGraph) -> tuple[DeepLab, list[tuple[int, str]]]:
         raise WeightsError(f"{graph.path}: expected one input and one output, got {graph.inputs} → {graph.outputs}")
     input_shape = graph.shapes[graph.inputs[0]]
     if len(input_shape) != 4 or input_shape[3] != 3:
-        raise WeightsError(f"{graph.path}: input {graph.inputs[0]!r} has shape {list(input_shape)}, expected NHWC RGB")
+        raise WeightsError(f"{graph.path}: input {graph.inputs[0]!r} has shape {list(input_shape)}, "
+                           "expected NHWC RGB")
     head = _find_head(graph)
     head_ids = {id(op) for op in (*head.branches, head.project, head.logits)}
     body_ops = [op for op in graph.ops if op.type in CONV_OPS and id(op) not in head_ids]
@@ -468,8 +475,9 @@ def import_tflite(graph: TFLiteGraph) -> tuple[DeepLab, list[tuple[int, str]]]:
                            f"{len(body_slots)}" + (f"; first unmapped: {extra.describe(extra.inputs[1])}" if extra
                                                    else f"; first unmatched: {body_slots[len(body_ops)].name}"))
     aspp = model.classifier.aspp
-    branch_of = {id(head.pooling): next(i for i, b in enumerate(aspp.convs) if isinstance(b, ASPPPooling))}
-    branch_of.update({id(op): 0 for op in head.branches if op is not head.pooling})
+    branch_of = {id(op): 0 for op in head.branches if op is not head.pooling}  # convs.0: the 1x1 branch
+    if head.pooling is not None:
+        branch_of[id(head.pooling)] = next(i for i, b in enumerate(aspp.convs) if isinstance(b, ASPPPooling))
     ours = sorted(head.branches, key=lambda op: branch_of[id(op)])
     for op in ours:
         branch = aspp.convs[branch_of[id(op)]]
@@ -493,23 +501,11 @@ def import_tflite(graph: TFLiteGraph) -> tuple[DeepLab, list[tuple[int, str]]]:
 
 
 def _build(width: float, config: dict[str, Any]) -> DeepLab:
-    """``deeplabv3(width_mult=width, **config)`` with TF DeepLab's channel rounding.
-
-    TF DeepLab builds MobileNetV2 with ``divisible_by=8 if depth_multiplier == 1.0 else 1``
-    (``core/feature_extractor.py``); our backbone always rounds to multiples of 8 (torchvision's rule),
-    which at ×0.5 gives the 24-channel stage 16 channels where the graph has 12. Until the backbone
-    takes the divisor as an argument (``channel_divisor``), the rounding helper is swapped for the
-    construction only — parameters and forward are untouched.
-    """
+    """``deeplabv3(width_mult=width, **config)`` with TF DeepLab's channel rounding: ``divisible_by=8 if
+    depth_multiplier == 1.0 else 1`` (``core/feature_extractor.py``), e.g. 12 channels at ×0.5 where
+    torchvision's rule gives 16."""
     divisor = mobilenet.CHANNEL_DIVISOR if width == 1.0 else 1
-    if "channel_divisor" in inspect.signature(deeplabv3).parameters:
-        return deeplabv3(width_mult=width, channel_divisor=divisor, **config)
-    original = mobilenet._make_divisible
-    mobilenet._make_divisible = lambda value, *_: original(value, divisor)
-    try:
-        return deeplabv3(width_mult=width, **config)
-    finally:
-        mobilenet._make_divisible = original
+    return deeplabv3(width_mult=width, channel_divisor=divisor, **config)
 
 
 def _stem_width(graph: TFLiteGraph, body_ops: list[TFLiteOp]) -> float:

@@ -14,23 +14,25 @@ RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 10
 
 def _resnet(depth: int) -> Callable[..., Backbone]:
     def build(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
-              first_unit_previous_dilation: bool, width_mult: float) -> Backbone:
+              first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> Backbone:
         _only_default("width_mult", width_mult, 1.0, f"resnet{depth}")
+        _only_default("channel_divisor", channel_divisor, 8, f"resnet{depth}")
         return ResNetBackbone(depth=depth, output_stride=output_stride, multi_grid=multi_grid,
                               extra_blocks=extra_blocks, first_unit_previous_dilation=first_unit_previous_dilation)
     return build
 
 
 def _mobilenet_v2(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
-                  first_unit_previous_dilation: bool, width_mult: float) -> Backbone:
+                  first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> Backbone:
     _only_default("extra_blocks", extra_blocks, 0, "mobilenet_v2")
-    return MobileNetV2Backbone(output_stride=output_stride, width_mult=width_mult)
+    return MobileNetV2Backbone(output_stride=output_stride, width_mult=width_mult, channel_divisor=channel_divisor)
 
 
 def _xception65(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
-                first_unit_previous_dilation: bool, width_mult: float) -> Backbone:
+                first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> Backbone:
     _only_default("extra_blocks", extra_blocks, 0, "xception65")
     _only_default("width_mult", width_mult, 1.0, "xception65")
+    _only_default("channel_divisor", channel_divisor, 8, "xception65")
     return Xception65Backbone(output_stride=output_stride)
 
 

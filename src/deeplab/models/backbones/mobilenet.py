@@ -102,10 +102,14 @@ class InvertedResidual(nn.Module):
 class MobileNetV2Backbone(Backbone):
     """MobileNetV2 features (``features.0`` .. ``features.17``) returning low-level, aux and out maps.
 
-    ``width_mult`` scales every layer, the stem included (0.5 gives the model zoo's ``dm05``).
+    ``width_mult`` scales every layer, the stem included. ``channel_divisor`` is the multiple channel counts
+    are rounded to: 8 in torchvision and ImageNet MobileNetV2 files; TF DeepLab uses 1 whenever the width is
+    not 1.0 (its ``divisible_by``), so the model zoo's ``dm05`` is ``width_mult=0.5, channel_divisor=1``
+    (a 12-channel stride-4 stage where divisor 8 gives 16).
     """
 
-    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0) -> None:
+    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0,
+                 channel_divisor: int = CHANNEL_DIVISOR) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {width_mult!r}")
@@ -113,13 +117,15 @@ class MobileNetV2Backbone(Backbone):
         self.width_mult = width_mult
         self.stage_strides = [s for _, _, _, s in INVERTED_RESIDUAL_SETTING]
 
-        in_channels = _make_divisible(STEM_CHANNELS * width_mult)
+        if isinstance(channel_divisor, bool) or not isinstance(channel_divisor, int) or channel_divisor < 1:
+            raise ValueError(f"channel_divisor must be a positive integer, got {channel_divisor!r}")
+        in_channels = _make_divisible(STEM_CHANNELS * width_mult, channel_divisor)
         layers: list[nn.Module] = [ConvBNReLU6(3, in_channels, stride=STEM_STRIDE)]
         self.stage_channels = [in_channels]
         # features index of each stage's units, so a re-plan can find the depthwise convs
         self.stage_units: list[list[int]] = []
         for expand_ratio, channels, units, stride in INVERTED_RESIDUAL_SETTING:
-            out_channels = _make_divisible(channels * width_mult)
+            out_channels = _make_divisible(channels * width_mult, channel_divisor)
             self.stage_units.append(list(range(len(layers), len(layers) + units)))
             for i in range(units):
                 layers.append(InvertedResidual(in_channels, out_channels, stride if i == 0 else 1,

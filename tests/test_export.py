@@ -1,0 +1,258 @@
+"""Export parity (RELIABILITY.md): ONNX with dynamic N, H, W, TorchScript and torch.export match eager at sizes
+other than the trace size; the uint8 → labels graph gives eager's labels; files are written atomically and
+the ``deeplab export`` command refuses to overwrite and reports bad files in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+from deeplab import cli  # noqa: E402
+from deeplab.checkpoint import save_model  # noqa: E402
+from deeplab.cli import export as export_command  # noqa: E402
+from deeplab.export import (DEFAULT_PARITY_SIZES, DEFAULT_SAMPLE_SIZE, MissingDependencyError,  # noqa: E402
+                            OnnxRuntimeModel, check_parity, export_onnx, export_program, export_torchscript,
+                            load_exported)
+from deeplab.inference import IMAGENET, Normalization, Predictor  # noqa: E402
+from deeplab.models import DeepLab, deeplabv3, deeplabv3plus  # noqa: E402
+
+TOLERANCE = 1e-4
+ODD, SQUARE = DEFAULT_PARITY_SIZES  # (97, 129), (65, 65): neither is the trace size
+assert DEFAULT_SAMPLE_SIZE not in DEFAULT_PARITY_SIZES
+MODELS = {
+    "v3_mobilenet_v2_w05": lambda: deeplabv3(backbone="mobilenet_v2", width_mult=0.5, num_classes=5),
+    "v3plus_resnet18": lambda: deeplabv3plus(backbone="resnet18", num_classes=5),
+}
+
+
+def _trained_looking(model: DeepLab) -> DeepLab:
+    """Random batch-norm statistics, so a graph exported in training mode (batch statistics) would differ."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request: pytest.FixtureRequest) -> DeepLab:
+    torch.manual_seed(0)
+    return _trained_looking(MODELS[request.param]())
+
+
+@pytest.fixture(scope="module")
+def mobile() -> DeepLab:
+    torch.manual_seed(1)
+    return _trained_looking(MODELS["v3_mobilenet_v2_w05"]())
+
+
+@pytest.fixture(scope="module")
+def onnx_logits(mobile: DeepLab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(mobile, tmp_path_factory.mktemp("onnx") / "mobile.onnx")
+
+
+def test_onnx_dynamic_shapes_match_eager(model: DeepLab, tmp_path: Path) -> None:
+    path = export_onnx(model, tmp_path / "model.onnx", opset=17)
+    proto = onnx.load(str(path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 17
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    parity = check_parity(model, path, [ODD, SQUARE], batch_size=2)
+    assert set(parity) == {ODD, SQUARE} and max(parity.values()) < TOLERANCE, parity
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary file left behind
+
+
+def test_torchscript_matches_eager_at_other_sizes(model: DeepLab, tmp_path: Path) -> None:
+    path = export_torchscript(model, tmp_path / "model.pt", sample_size=DEFAULT_SAMPLE_SIZE)
+    parity = check_parity(model, path, [ODD, SQUARE], batch_size=1)  # traced at batch 2 and another size
+    assert max(parity.values()) < TOLERANCE, parity
+    run, info = load_exported(path)
+    x = torch.randn(1, 3, 33, 47)
+    with torch.no_grad():
+        out = run(x)
+        assert out.shape == (1, 5, 33, 47)
+        torch.testing.assert_close(out, model(x), atol=TOLERANCE, rtol=0)
+    assert info["config"] == model.config and info["output"] == "logits" and info["input"] == "float32"
+
+
+def test_torch_export_dynamic_height_and_width(model: DeepLab) -> None:
+    program = export_program(model)
+    module = program.module()
+    with torch.no_grad():
+        for batch, (height, width) in ((1, ODD), (1, SQUARE)):
+            x = torch.randn(batch, 3, height, width)
+            torch.testing.assert_close(module(x), model(x), atol=TOLERANCE, rtol=0)
+
+
+def test_uint8_graph_gives_eager_labels(mobile: DeepLab, tmp_path: Path) -> None:
+    model = mobile
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    path = export_onnx(model, tmp_path / "labels.onnx", include_preprocessing=True, mean=mean, std=std,
+                       layout="NHWC")
+    session = OnnxRuntimeModel(path)
+    assert session.input_type == "tensor(uint8)" and session.info["output"] == "labels"
+    images = np.random.default_rng(0).integers(0, 256, (2, *ODD, 3), dtype=np.uint8)
+    labels = session.run(images)
+    assert labels.dtype == np.int64 and labels.shape == (2, *ODD)
+    with torch.no_grad():  # the inference engine's own normalisation, then eager
+        logits = model(Normalization(mean, std).to_tensor(images))
+    expected = logits.argmax(dim=1).numpy()
+    differ = labels != expected
+    if differ.any():  # allowed only at near-ties of the two best classes, and at most 0.01 % of pixels
+        top2 = logits.topk(2, dim=1).values
+        assert (top2[:, 0] - top2[:, 1]).numpy()[differ].max() < TOLERANCE
+        assert differ.mean() <= 1e-4
+    assert check_parity(model, path, [SQUARE], batch_size=1) == {SQUARE: 0.0}
+
+
+def test_torchscript_uint8_probabilities(mobile: DeepLab, tmp_path: Path) -> None:
+    path = export_torchscript(mobile, tmp_path / "probs.pt", include_preprocessing=True, output="probabilities")
+    parity = check_parity(mobile, path, [ODD], batch_size=1)
+    assert parity[ODD] < 1e-6
+    run, _ = load_exported(path)
+    probs = run(torch.randint(0, 256, (1, 3, *SQUARE), dtype=torch.uint8))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, *SQUARE))
+
+
+def test_onnxruntime_model_is_a_drop_in_backend(mobile: DeepLab, onnx_logits: Path) -> None:
+    backend = OnnxRuntimeModel(onnx_logits)
+    x = torch.randn(2, 3, *ODD)
+    with torch.no_grad():
+        torch.testing.assert_close(backend(x), mobile(x), atol=TOLERANCE, rtol=0)
+    images = [np.random.default_rng(i).integers(0, 256, (*size, 3), dtype=np.uint8)
+              for i, size in enumerate((ODD, SQUARE, ODD))]
+    eager = Predictor(mobile, normalization=IMAGENET).predict(images)
+    onnxrt = Predictor(None, normalization=IMAGENET, backend=backend).predict(images)
+    for a, b in zip(eager, onnxrt):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        assert (a.labels != b.labels).mean() <= 1e-4
+
+
+def test_onnxruntime_model_refuses_a_labels_graph(mobile: DeepLab, tmp_path: Path) -> None:
+    path = export_onnx(mobile, tmp_path / "labels.onnx", include_preprocessing=True)
+    with pytest.raises(ValueError, match="without --include-preprocessing"):
+        OnnxRuntimeModel(path)(torch.randn(1, 3, 33, 33))
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="junk.onnx: not a loadable ONNX model"):
+        OnnxRuntimeModel(tmp_path / "junk.onnx")
+
+
+def test_missing_onnxruntime_is_one_clear_line(onnx_logits: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(MissingDependencyError, match=r"onnxruntime is not installed.*deeplab\[export\]"):
+        OnnxRuntimeModel(onnx_logits)
+
+
+def test_failed_export_keeps_the_old_file(mobile: DeepLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated checker failure")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_onnx(mobile, target)
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    with pytest.raises(ValueError, match="opset 18"):
+        export_onnx(mobile, target, exporter="dynamo", opset=17)
+
+
+@pytest.mark.slow  # the torch.export-based ONNX exporter takes 10-20 s on 2 cores
+def test_dynamo_onnx_exporter(mobile: DeepLab, tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    path = export_onnx(mobile, tmp_path / "dynamo.onnx", exporter="dynamo", opset=18)
+    parity = check_parity(mobile, path, [ODD, SQUARE])
+    assert max(parity.values()) < TOLERANCE, parity
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def main(monkeypatch: pytest.MonkeyPatch):
+    """``deeplab.cli.main`` with the export subcommand registered (whether or not SUBCOMMANDS has it yet)."""
+    if export_command not in cli.SUBCOMMANDS:
+        monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, export_command))
+    return cli.main
+
+
+@pytest.fixture(scope="module")
+def model_file(mobile: DeepLab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    metadata = {"classes": [f"c{i}" for i in range(5)], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    return save_model(mobile, tmp_path_factory.mktemp("weights") / "mobile.safetensors", metadata=metadata)
+
+
+def test_cli_exports_and_checks_parity(main, model_file: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "out dir" / "model.onnx"  # a space, and a folder that does not exist yet
+    assert main(["export", "--weights", str(model_file), "--format", "onnx", "--output", str(output),
+                 "--include-preprocessing"]) == 0
+    printed = capsys.readouterr().out
+    assert "ONNX opset 17" in printed and "labels out" in printed and printed.rstrip().endswith("ok")
+    info = OnnxRuntimeModel(output).info
+    assert info["normalization"]["mean"] == [0.5, 0.5, 0.5] and info["metadata"]["classes"][0] == "c0"
+    assert main(["export", "--model", "deeplabv3_mobilenet_v2", "--num-classes", "3", "--format", "torchscript",
+                 "--output", str(output.with_suffix(".pt"))]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+
+
+def test_cli_refuses_to_overwrite_without_force(main, model_file: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "model.pt"
+    output.write_bytes(b"keep me")
+    args = ["export", "--weights", str(model_file), "--format", "torchscript", "--output", str(output)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(output) in err and "--force" in err
+    assert output.read_bytes() == b"keep me"
+    assert main([*args, "--force"]) == 0
+    assert output.read_bytes() != b"keep me"
+
+
+def test_cli_unreadable_weights_is_one_line_naming_the_file(main, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken weights.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    assert main(["export", "--weights", str(bad), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()
+    assert main(["export", "--weights", str(tmp_path / "missing.pt"), "--format", "onnx",
+                 "--output", str(tmp_path / "m.onnx")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_cli_model_file_without_normalisation_needs_mean_and_std(main, mobile: DeepLab, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bare = save_model(mobile, tmp_path / "bare.pt")
+    args = ["export", "--weights", str(bare), "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
+            "--include-preprocessing"]
+    assert main(args) == 2
+    assert "--mean R G B --std R G B" in capsys.readouterr().err
+
+
+def test_cli_parser_standalone() -> None:
+    """The subcommand plugs into any argparse parser (as cli/__init__ will register it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="deeplab")
+    export_command.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["export", "--model", "deeplabv3_resnet18", "--format", "onnx", "--output", "x.onnx"])
+    assert args.run is export_command.run and args.opset is None and not args.force
+    result = subprocess.run([sys.executable, "-c", "import argparse; from deeplab.cli import export as e; "
+                             "p = argparse.ArgumentParser(); e.add_parser(p.add_subparsers()); "
+                             "p.parse_args(['export', '--format', 'onnx', '--output', 'x'])"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--weights" in result.stderr  # one of --weights/--model is required
