@@ -60,11 +60,14 @@ def colorize(labels: np.ndarray, palette: Palette | None = None, ignore_index: i
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: Palette | None = None, *, alpha: float = 0.5,
             ignore_index: int | None = 255) -> np.ndarray:
-    """Blend class colours over the photo (``alpha`` = colour weight); ignore pixels keep the photo."""
-    colours = colorize(labels, palette, ignore_index).astype(np.float32)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours
+    """Blend class colours over the photo (``alpha`` = colour weight). Ignore pixels and classes coloured pure
+    black (VOC's background) keep the photo, so the scene stays visible around the objects."""
+    colours = colorize(labels, palette, ignore_index)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
+    keep = ~colours.any(axis=-1)
     if ignore_index is not None:
-        blended[labels == ignore_index] = image[labels == ignore_index]
+        keep |= labels == ignore_index
+    blended[keep] = image[keep]
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 

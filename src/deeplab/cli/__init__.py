@@ -9,9 +9,9 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import check_data, models, train
+from . import check_data, models, predict, train
 
-SUBCOMMANDS = (models, check_data, train)
+SUBCOMMANDS = (models, check_data, train, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
