@@ -9,9 +9,9 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import check_data, models, predict, train
+from . import check_data, demo, eval, models, predict, train
 
-SUBCOMMANDS = (models, check_data, train, predict)
+SUBCOMMANDS = (demo, models, check_data, train, eval, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `deeplab models | head`: stop quietly, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (ValueError, OSError) as error:  # user mistakes: one line, no traceback
+    except (ValueError, OSError, ImportError) as error:  # user mistakes (and missing optional extras): one line, no traceback
         print(f"deeplab {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
