@@ -234,7 +234,8 @@ def export_program(model: nn.Module, *, include_preprocessing: bool = False, out
                    scale: float | None = None, layout: str = "NCHW",
                    sample_size: tuple[int, int] = DEFAULT_SAMPLE_SIZE) -> torch.export.ExportedProgram:
     """``torch.export.export`` with dynamic batch, height and width. H and W must exceed the output stride
-    (torch.export assumes every feature map is larger than 1×1); ``torch.export.save`` writes the result."""
+    (torch.export assumes every feature map is larger than 1×1). For in-process use (``program.module()``,
+    AOTInductor); see the module docstring for why it is not offered as a file format."""
     graph = build_graph(model, include_preprocessing=include_preprocessing, output=output, mean=mean, std=std,
                         scale=scale, layout=layout)
     smallest = int(getattr(model, "output_stride", 32)) + 1

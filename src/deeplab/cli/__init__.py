@@ -9,9 +9,9 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import check_data, demo, eval, models, predict, train
+from . import check_data, demo, eval, export, models, predict, train
 
-SUBCOMMANDS = (demo, models, check_data, train, eval, predict)
+SUBCOMMANDS = (demo, models, check_data, train, eval, predict, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,7 +73,7 @@ class ASPPPooling(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(in_channels, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[0] == 1 and self[2].training:
+        if self[2].training and x.shape[0] == 1:
             # PyTorch's own message ("Expected more than 1 value per channel") does not say what to do.
             raise ValueError("ASPP image pooling: batch norm cannot train on a batch of 1 image (one value per "
                              "channel); train with batches of >= 2, freeze batch norm, or call model.eval()")

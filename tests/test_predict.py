@@ -1,0 +1,127 @@
+"""predict / eval / demo on real photos with the authors' imported model, and the ONNX backend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deeplab.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def tflite_file(shared_data: Path) -> Path:
+    path = shared_data / "weights" / "deeplabv3_257_mv_gpu.tflite"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    pytest.importorskip("tflite")
+    return path
+
+
+@pytest.fixture()
+def photos(shared_data: Path, tmp_path: Path) -> Path:
+    """Three real VOC photos (one renamed with a space and non-ASCII) and one corrupt file, in one folder."""
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    ids = (shared_data / "voc2012_val_dev" / "val_dev.txt").read_text().split()[:3]
+    for i, name in enumerate(ids):
+        target = folder / (f"{name}.jpg" if i else "café photo.jpg")
+        shutil.copy(shared_data / "voc2012_val_dev" / "JPEGImages" / f"{name}.jpg", target)
+    (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
+    return folder
+
+
+def test_predict_writes_every_output_and_reports_bad_files(tflite_file: Path, photos: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["predict", str(photos), "-w", str(tflite_file), "-o", str(out), "--areas", "--probabilities",
+                 "--no-progress", "--threads", "2"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "broken.jpg" in printed and "3 of 4 inputs segmented" in printed
+    labels = np.asarray(Image.open(out / "café photo.png"))
+    photo = Image.open(photos / "café photo.jpg")
+    assert Image.open(out / "café photo.png").mode == "P" and labels.shape == (photo.height, photo.width)
+    assert set(np.unique(labels)) <= set(range(21)) and len(np.unique(labels)) > 1
+    assert Image.open(out / "café photo_overlay.jpg").size == photo.size
+    probs = np.load(out / "café photo_probs.npy")
+    assert probs.shape == (21, photo.height, photo.width) and np.allclose(probs.sum(0), 1, atol=1e-2)
+    assert (probs.argmax(0) == labels).mean() > 0.99  # float16 storage may flip exact ties only
+    areas = json.loads((out / "café photo_areas.json").read_text())
+    assert sum(c["pixels"] for c in areas["classes"].values()) == photo.width * photo.height
+
+
+def test_predict_never_overwrites_unless_forced(tflite_file: Path, photos: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    image = photos / "café photo.jpg"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "café photo.png").write_bytes(b"precious")
+    assert main(["predict", str(image), "-w", str(tflite_file), "-o", str(out), "--no-progress"]) == 1
+    assert "exists (pass --force" in capsys.readouterr().out
+    assert (out / "café photo.png").read_bytes() == b"precious"
+    assert main(["predict", str(image), "-w", str(tflite_file), "-o", str(out), "--no-progress", "--force"]) == 0
+    assert Image.open(out / "café photo.png").mode == "P"
+
+
+def test_predict_with_glob_and_missing_input(tflite_file: Path, photos: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["predict", str(photos / "2007_*.jpg"), str(photos / "nope.jpg"), "-w", str(tflite_file),
+                 "-o", str(tmp_path / "o"), "--no-progress", "--no-overlay"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "nope.jpg: no such file or folder" in printed
+    assert len(list((tmp_path / "o").glob("*.png"))) == 2 and not list((tmp_path / "o").glob("*.jpg"))
+
+
+def test_onnx_backend_gives_the_torch_labels(photos: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from deeplab.checkpoint import save_model
+    from deeplab.export import export_onnx
+    from deeplab.models import deeplabv3
+
+    torch.manual_seed(0)
+    model = deeplabv3(backbone="mobilenet_v2", width_mult=0.5, num_classes=4).eval()
+    metadata = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": list("abcd")}
+    save_model(model, tmp_path / "m.pt", metadata=metadata)
+    export_onnx(model, tmp_path / "m.onnx", metadata=metadata)
+    image = str(photos / "café photo.jpg")
+    assert main(["predict", image, "-w", str(tmp_path / "m.pt"), "-o", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["predict", image, "-w", str(tmp_path / "m.onnx"), "--backend", "onnxruntime",
+                 "-o", str(tmp_path / "b"), "--no-progress"]) == 0
+    a = np.asarray(Image.open(tmp_path / "a" / "café photo.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "café photo.png"))
+    assert (a == b).mean() > 0.999
+    assert main(["predict", image, "-w", str(tmp_path / "m.pt"), "--backend", "onnxruntime",
+                 "-o", str(tmp_path / "c"), "--no-progress"]) == 2
+
+
+def test_eval_reports_miou_and_writes_json(tflite_file: Path, shared_data: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval.json"
+    args = ["eval", "-w", str(tflite_file), "--dataset", "voc", "--root", str(shared_data / "voc2012_val_dev"),
+            "--split", "val_dev.txt", "--limit", "6", "--no-progress", "--json", str(out),
+            "--confusion-png", str(tmp_path / "cm.png")]
+    assert main(args) == 0
+    native = json.loads(out.read_text())
+    assert native["images"] == 6 and 0.5 < native["miou"] <= 1 and native["per_class"]["person"]["iou"] is not None
+    assert Image.open(tmp_path / "cm.png").size[0] > 200
+    assert main(args + ["--input-size", "257"]) == 0
+    fixed = json.loads(out.read_text())
+    assert fixed["protocol"] == "257x257 resize" and fixed["pixel_accuracy"] < native["pixel_accuracy"]
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_demo_runs_and_explains_missing_files(tflite_file: Path, shared_data: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--data", str(shared_data), "--output", str(tmp_path / "demo"), "--limit", "2",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and len(list((tmp_path / "demo").glob("*.jpg"))) == 2
+    assert main(["demo", "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "d2")]) == 2
+    assert "deeplabv3_257_mv_gpu.tflite is missing: put" in capsys.readouterr().err
