@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
 from deeplab.plots import read_metrics_csv
 from deeplab.training import runner
-from deeplab.training.optim import (BN_TYPES, build_optimizer, build_scheduler, freeze_batch_norm, poly_factor)
+from deeplab.training.optim import BN_TYPES, build_optimizer, build_scheduler, poly_factor
 from deeplab.training.sampler import AugmentedDataset, ShardSampler, TrainSampler
 from deeplab.training.state import latest_valid_checkpoint, load_training_checkpoint
 from deeplab.weights.io import read_file
@@ -45,6 +46,17 @@ CAMVID_VOID = 11
 
 
 # --------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread here and in the subprocesses (OMP_NUM_THREADS=1): on a busy 2-core machine two
+    OpenMP threads made these tiny steps ~5× slower (spinning barriers). Every run of a comparison uses the
+    same thread count, so bit-exact comparisons between this process and subprocesses hold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _copy_camvid(src: Path, dst: Path, split: str, count: int, size: tuple[int, int], void_to: int | None) -> None:
@@ -89,11 +101,11 @@ def make_config(root: Path, output_dir: Path, *overrides: str, name: str = "run"
 def train_cli(config_file: Path, *args: str, cwd: Path, torchrun: int = 0,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """``deeplab train`` in a new process (or ``torchrun --nproc-per-node N -m deeplab train``)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "deeplab"]
     if torchrun:
         # pytorch#135712: without this, torchrun's rendezvous store sharing failed or hung on torch 2.13 CPU.
-        env.update(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", OMP_NUM_THREADS="1")
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}",
                     "-m", "deeplab"]
     return subprocess.run([*launcher, "train", "-c", str(config_file), "--no-progress", *args], cwd=cwd, env=env,
@@ -365,7 +377,8 @@ def test_checkpoint_holds_training_state_and_loads_for_inference(straight_run: P
     training = payload["training"]
     assert training["iteration"] == 6
     assert training["scheduler"]["last_epoch"] == 6
-    assert training["optimizer"]["state"] and all("momentum_buffer" in s for s in training["optimizer"]["state"].values())
+    optimizer_state = training["optimizer"]["state"]
+    assert optimizer_state and all("momentum_buffer" in s for s in optimizer_state.values())
     assert set(training["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert isinstance(training["rng"]["torch"], torch.Tensor) and training["rng"]["torch"].dtype == torch.uint8
     assert training["best_miou"] == pytest.approx(json.loads((straight_run / "result.json").read_text())["best_miou"])
@@ -476,17 +489,41 @@ def test_divergence_stops_with_step_loss_lr_and_keeps_the_checkpoint(mini_camvid
     assert latest_valid_checkpoint(run_dir)[0].name == "checkpoint_0000002.pt"
 
 
-def test_divergence_on_the_command_line_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    def diverge(*args, **kwargs):
-        raise TrainingDiverged("loss is nan at step 3 (lr 0.005); stopping")
-
-    monkeypatch.setattr(runner, "run_training", diverge)
+def test_real_divergence_on_the_command_line(mini_camvid: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """lr 1e6: within a few steps the weights overflow (seen: BN running_var inf after step 3 while the loss was
+    still finite, NaN at step 4). One line on stderr, exit 1, and — checkpointing every step — the newest
+    checkpoint left is still finite."""
+    config = make_config(mini_camvid, tmp_path, "data.max_train_images=4", "train.lr=1.0e+6",
+                         "train.checkpoint_every=1", "train.keep_last=10")
     config_file = tmp_path / "c.yaml"
-    config_file.write_text("name: x\n")
-    assert main(["train", "-c", str(config_file)]) == 1
+    save_config(config, config_file)
+    assert main(["train", "-c", str(config_file), "--no-progress", "--no-check"]) == 1
     err = capsys.readouterr().err
-    assert err.strip().count("\n") == 0 and "step 3" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("deeplab train: diverged: ") and "Traceback" not in err
+    assert re.search(r"at step \d+ \(lr [0-9.e+]+\)", err) or re.search(r"after step \d+ .*lr [0-9.e+]+\)", err)
+    assert not (config.run_dir / "result.json").exists()
+    path, payload = latest_valid_checkpoint(config.run_dir)
+    assert all(torch.isfinite(v).all() for v in payload["state_dict"].values() if v.is_floating_point())
+
+
+def test_non_finite_weights_are_never_checkpointed(mini_camvid: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finite loss can still leave overflowed weights (e.g. inf gradients): the save refuses them."""
+    real_step = runner.train_one_step
+
+    def step_then_poison(model, *args, iteration: int, **kwargs):
+        result = real_step(model, *args, iteration=iteration, **kwargs)
+        if iteration == 1:
+            with torch.no_grad():
+                next(model.parameters())[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(runner, "train_one_step", step_then_poison)
+    config = make_config(mini_camvid, tmp_path, "data.max_train_images=4")
+    with pytest.raises(TrainingDiverged, match=r"non-finite weights after step 2 \(backbone"):
+        runner.run_training(config, resume=None, progress=False, check_data=False)
+    assert not list(config.run_dir.glob("*.pt"))
 
 
 # ---------------------------------------------------------------------------------------------- batch of 1
@@ -513,6 +550,25 @@ def test_batch_of_one_trains_without_pooled_batch_norm(mini_camvid: Path, tmp_pa
     assert result["iteration"] == 1 and np.isfinite(step_losses(config.run_dir)[0][1])
 
 
+def test_evaluation_at_another_output_stride(mini_camvid: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.eval_output_stride (train at OS16, evaluate at OS8); training and checkpoints stay at OS16."""
+    seen = []
+    real_evaluate = runner.evaluate
+
+    def spy(model, *args, **kwargs):
+        seen.append(model.output_stride)
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    config = make_config(mini_camvid, tmp_path, "data.max_train_images=2", "train.iterations=2",
+                         "train.eval_every=1", "train.eval_output_stride=8")
+    runner.run_training(config, resume=None, progress=False, check_data=False)
+    assert seen == [8, 8]
+    model, _ = load_model(config.run_dir / "checkpoint_0000002.pt")
+    assert model.output_stride == 16 and model.config["output_stride"] == 16
+
+
 # ------------------------------------------------------------------------------------------------ DDP (CPU)
 
 
@@ -522,7 +578,7 @@ def test_ddp_two_processes_match_one_process(mini_camvid_no_void: Path, tmp_path
     and no dropout (both would depend on the per-process batch), so the gradients agree up to float rounding.
     Evaluation on 3 validation images (odd: rank 0 gets 2, rank 1 gets 1) gives the one-process matrix."""
     common = ["train.freeze_bn=true", "model.aspp_dropout=0.0", "train.iterations=4", "train.eval_every=4",
-              "train.checkpoint_every=2"]
+              "train.checkpoint_every=2", "train.time_budget_minutes=60"]  # the budget: a collective every step
     single = make_config(mini_camvid_no_void, tmp_path, *common, name="single")
     runner.run_training(single, resume=None, progress=False, check_data=False)
 

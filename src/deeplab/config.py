@@ -197,6 +197,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return tuple(_coerce(v, t, where) for v, t in zip(value, item_types))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(hint)}")

@@ -178,10 +178,12 @@ class ToTensor:
 def train_transforms(crop_size: int | tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0),
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      ignore_index: int = 255, jitter: bool = False,
-                     generator: torch.Generator | None = None) -> Compose:
+                     generator: torch.Generator | None = None, flip: bool = True) -> Compose:
     steps: list[Callable] = [PhotometricJitter(generator=generator)] if jitter else []
-    steps += [RandomScale(*scale_range, generator=generator), RandomHorizontalFlip(generator=generator),
-              Normalize(mean, std), RandomCrop(crop_size, ignore_index, fill=0.0, generator=generator), ToTensor()]
+    steps.append(RandomScale(*scale_range, generator=generator))
+    if flip:
+        steps.append(RandomHorizontalFlip(generator=generator))
+    steps += [Normalize(mean, std), RandomCrop(crop_size, ignore_index, fill=0.0, generator=generator), ToTensor()]
     return Compose(steps)
 
 

@@ -1,7 +1,9 @@
 """``run_training(config)``: everything around the loop — data, model, optimiser, resume, logging, plots.
 
 Launch with ``deeplab train -c configs/x.yaml`` (one process) or ``torchrun --nproc-per-node N -m deeplab
-train ...`` (DDP). Only rank 0 writes; every rank reads the same data in a disjoint shard.
+train ...`` (DDP). Only rank 0 writes; every rank reads the same data in a disjoint shard. ``train.stop_after``
+ends an invocation after N steps as a kill would (for chunked jobs and the resume tests); running again
+resumes from the newest checkpoint on the same schedule.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..config import Config, config_to_dict, model_kwargs, save_config
 from ..data.checks import check_dataset
 from ..data.datasets import SegmentationDataset, build_dataset
 from ..data.transforms import eval_transforms, train_transforms
-from ..engine import Stopwatch, evaluate, train_one_step, unwrap
+from ..engine import Stopwatch, TrainingDiverged, evaluate, train_one_step, unwrap
 from ..losses import SegmentationLoss
 from ..models.builders import build_model
 from .distributed import DistInfo, barrier, broadcast_from_main, cleanup, init_distributed, mean_across_ranks
@@ -150,7 +152,8 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
 
     generator = torch.Generator()
     transform = train_transforms(tuple(config.data.crop_size), tuple(config.data.scale_range), config.data.mean,
-                                 config.data.std, dataset_info.ignore_index, config.data.jitter, generator)
+                                 config.data.std, dataset_info.ignore_index, config.data.jitter, generator,
+                                 flip=config.data.flip)
     sampler = TrainSampler(len(train_set), train_cfg.batch_size, seed=train_cfg.seed, rank=info.rank,
                            world_size=info.world_size, start_iteration=start * train_cfg.grad_accumulation)
     # The loader gets its own generator: its iterator draws the workers' base seed from it, not from the global
@@ -180,6 +183,12 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
     def save(step: int, tag: str | None = None) -> None:
         if not info.is_main:
             return
+        bad = [name for name, value in unwrap(model).state_dict().items()
+               if value.is_floating_point() and not torch.isfinite(value).all()]
+        if bad:  # a finite loss with overflowing gradients: never let such weights become "the last good checkpoint"
+            raise TrainingDiverged(f"non-finite weights after step {step} ({', '.join(bad[:3])}"
+                                   f"{', ...' if len(bad) > 3 else ''}; lr {optimizer.param_groups[0]['lr']:.3g}); "
+                                   "stopping without overwriting the last good checkpoint — lower train.lr")
         training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler else {}, "iteration": step, "best_miou": best,
                     "elapsed": stopwatch.elapsed, "experiment": config_to_dict(config)}
