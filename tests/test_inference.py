@@ -175,7 +175,7 @@ def test_normalization_validation_and_metadata() -> None:
 
 # --- predict_logits: shapes and known answers --------------------------------------------------------------
 
-@pytest.mark.parametrize("options", [{}, {"flip": True}, {"scales": (0.75, 1.25), "flip": True}])
+@pytest.mark.parametrize("options", [{}, {"scales": (0.75, 1.25), "flip": True}])
 def test_probabilities_shape_and_sum(model, images, options) -> None:
     for batch in (images["voc_64x48"], images["camvid_96x72"]):
         x = IMAGENET.to_tensor(batch)
@@ -418,7 +418,7 @@ def test_output_stride_switch(images) -> None:
     assert model.output_stride == 16 and model.aspp_rates == (6, 12, 18)
     at_os8 = copy.deepcopy(model)
     at_os8.set_output_stride(8)
-    predictor = Predictor(model, normalization=IMAGENET, output_stride=8)
+    predictor = Predictor(model, normalization=IMAGENET, output_stride=8, channels_last=False)  # exact compare
     # the Predictor leaves the model at the stride it was asked for (documented)
     assert model.output_stride == 8 and model.aspp_rates == (12, 24, 36) and model.config["output_stride"] == 8
     image = images["voc_64x48"][0]
