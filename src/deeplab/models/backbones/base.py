@@ -82,6 +82,17 @@ def set_conv_geometry(conv: nn.Conv2d, stride: int, dilation: int) -> None:
     conv.padding = ((kernel - 1) // 2 * conv.dilation[0],) * 2
 
 
+def init_weights(module: nn.Module) -> None:
+    """torchvision's initialisation (He-normal fan-out convs, BN at identity), so training from scratch
+    behaves like theirs."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Backbone(nn.Module):
     """Base class: subclasses build their layers, fill ``feature_info`` and implement the two methods."""
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from deeplab.models.backbones.base import (
+from .base import (
     Backbone,
     FeatureInfo,
     StagePlan,
     check_output_stride,
+    init_weights,
     plan_stages,
     set_conv_geometry,
 )
@@ -133,17 +134,8 @@ class MobileNetV2Backbone(Backbone):
                 in_channels = out_channels
             self.stage_channels.append(out_channels)
         self.features = nn.Sequential(*layers)  # torchvision's name, kept so checkpoints load
-        self._init_weights()
+        init_weights(self)
         self.set_output_stride(output_stride)
-
-    def _init_weights(self) -> None:
-        """torchvision's initialisation, so training from scratch behaves like theirs."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def _plan(self, output_stride: int) -> list[StagePlan]:
         return plan_stages(self.stage_strides, output_stride, stem_stride=STEM_STRIDE)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from .base import Backbone, FeatureInfo, check_output_stride, plan_stages, set_conv_geometry
+from .base import Backbone, FeatureInfo, check_output_stride, init_weights, plan_stages, set_conv_geometry
 
 STEM_STRIDE = 4  # conv1 (stride 2) + maxpool (stride 2)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -138,7 +138,7 @@ class ResNetBackbone(Backbone):
         self.out_channels = inplanes
         self.aux_channels = STAGE_PLANES[2] * block.expansion
         self.low_level_channels = STAGE_PLANES[0] * block.expansion
-        _init_weights(self)
+        init_weights(self)
         self.set_output_stride(output_stride)
 
     @property
@@ -203,12 +203,3 @@ def _check_multi_grid(multi_grid: Sequence[int], depth: int) -> tuple[int, ...]:
             f"resnet{depth}), e.g. (1, 2, 4); got {multi_grid!r}"
         )
     return grid
-
-
-def _init_weights(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)

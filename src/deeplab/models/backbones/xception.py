@@ -20,10 +20,11 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from deeplab.models.backbones.base import (
+from .base import (
     Backbone,
     FeatureInfo,
     check_output_stride,
+    init_weights,
     plan_stages,
     set_conv_geometry,
 )
@@ -128,16 +129,8 @@ class Xception65Backbone(Backbone):
             block1=XceptionBlock(in_channels, EXIT_CHANNELS[0], stride=2, skip="conv"),
             block2=XceptionBlock(EXIT_CHANNELS[0][-1], EXIT_CHANNELS[1], skip="none"),
         ))
-        self._init_weights()
+        init_weights(self)
         self.set_output_stride(output_stride)
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def _stages(self) -> list[list[XceptionBlock]]:
         """The blocks of each planned stage, in the order of ``STAGE_STRIDES``."""
