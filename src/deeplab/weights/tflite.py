@@ -25,15 +25,15 @@ mean 0.5 / std 0.5 on [0, 1] images, the repo's metadata convention) and the cla
 Channel counts: TF DeepLab builds MobileNetV2 with ``divisible_by=1`` when the depth multiplier is not 1,
 so ×0.5 has a 12-channel stage where torchvision's rounding (ours) gives 16 — see ``_build``.
 
-Parsing uses the pure-Python ``tflite`` package (``pip install 'deeplab[tflite]'``), imported lazily.
+Parsing the flatbuffer is in ``tflite_graph.py`` (it uses the pure-Python ``tflite`` package,
+``pip install 'deeplab[tflite]'``, imported lazily); finding the ASPP head in the graph is in
+``tflite_head.py``. This module maps the graph onto our model and holds the public entry points.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,9 @@ from ..models.backbones.mobilenet import InvertedResidual
 from ..models.builders import deeplabv3
 from ..models.deeplab import DeepLab
 from .io import WeightsError
+from .tflite_graph import CONV_OPS, TFLiteGraph, TFLiteOp, _error, read_tflite_tensors
+from .tflite_graph import POOL_OPS, RESIZE_OPS  # noqa: F401  (re-exported: public here before the split)
+from .tflite_head import _find_head, _Head
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -54,199 +57,8 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 # x/127.5 − 1 on 0..255 pixels is (x/255 − 0.5)/0.5: mean/std 0.5 in the [0, 1] convention of our metadata.
 TFLITE_MEAN = (0.5, 0.5, 0.5)
 TFLITE_STD = (0.5, 0.5, 0.5)
-CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-RESIZE_OPS = ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
-POOL_OPS = ("AVERAGE_POOL_2D", "MEAN")
 # MobileNetV2 depth multipliers of the TF model zoo; the one whose layer shapes match the graph is used.
 WIDTH_CANDIDATES = (0.5, 0.35, 0.75, 1.0, 1.3, 1.4)
-_NUMPY_TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT32": np.int32,
-                "INT64": np.int64, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
-
-
-@dataclass(frozen=True)
-class TFLiteOp:
-    """One operator: its index in the file's execution order, builtin name, tensor names and options
-    (``stride``/``dilation``/``filter`` as (h, w), ``padding`` and ``activation`` as names, ...)."""
-
-    index: int
-    type: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    options: dict[str, Any]
-
-    def describe(self, tensor: str | None = None) -> str:
-        return f"op {self.index} {self.type}" + (f" (tensor {tensor!r})" if tensor else "")
-
-
-@dataclass
-class TFLiteGraph:
-    """A parsed single-subgraph TFLite model: ops in execution order (DEQUANTIZE of constants folded
-    away), constant tensors as float32 numpy arrays (dequantized) or ints, every tensor's shape and type."""
-
-    path: Path
-    ops: list[TFLiteOp]
-    constants: dict[str, np.ndarray]
-    shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, str]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    def producer(self, tensor: str) -> TFLiteOp | None:
-        return next((op for op in self.ops if tensor in op.outputs), None)
-
-    def consumers(self, tensor: str) -> list[TFLiteOp]:
-        return [op for op in self.ops if tensor in op.inputs]
-
-    def op_counts(self) -> dict[str, int]:
-        return dict(Counter(op.type for op in self.ops))
-
-
-def _import_tflite() -> Any:
-    try:
-        import tflite
-    except ImportError:
-        raise ImportError("reading .tflite files needs the 'tflite' and 'flatbuffers' packages: "
-                          "pip install 'deeplab[tflite]'") from None
-    return tflite
-
-
-def read_tflite_tensors(path: str | os.PathLike) -> TFLiteGraph:
-    """Parse a ``.tflite`` flatbuffer into ops and constant tensors; unreadable files raise ``WeightsError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such TFLite file")
-    tflite = _import_tflite()
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise WeightsError(f"{path}: not a TFLite flatbuffer (no 'TFL3' file identifier)")
-    try:
-        return _parse(tflite, path, data)
-    except WeightsError:
-        raise
-    except Exception as error:  # a damaged flatbuffer fails anywhere: struct, index, numpy errors
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise WeightsError(f"{path}: damaged or unsupported TFLite flatbuffer "
-                           f"({type(error).__name__}{': ' + reason if reason else ''})") from None
-
-
-def _enum_names(enum_class: type) -> dict[int, str]:
-    return {value: name for name, value in vars(enum_class).items() if isinstance(value, int)}
-
-
-def _parse(tflite: Any, path: Path, data: bytes) -> TFLiteGraph:
-    model = tflite.Model.GetRootAs(data, 0)
-    if model.SubgraphsLength() != 1:
-        raise WeightsError(f"{path}: expected one subgraph, found {model.SubgraphsLength()}")
-    graph = model.Subgraphs(0)
-    type_names = _enum_names(tflite.TensorType)
-    names: list[str] = []
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, str] = {}
-    constants: dict[str, np.ndarray] = {}
-    for i in range(graph.TensorsLength()):
-        tensor = graph.Tensors(i)
-        name = tensor.Name().decode("utf-8", "replace")
-        name = f"{name}:{i}" if name in shapes else name  # keep keys unique should a converter repeat names
-        names.append(name)
-        shapes[name] = tuple(int(tensor.Shape(k)) for k in range(tensor.ShapeLength()))
-        dtypes[name] = type_names.get(tensor.Type(), f"type{tensor.Type()}")
-        raw = _buffer_bytes(model, data, tensor.Buffer())
-        if raw is not None:
-            constants[name] = _decode(path, name, raw, dtypes[name], shapes[name], tensor.Quantization())
-
-    op_names = _enum_names(tflite.BuiltinOperator)
-    ops: list[TFLiteOp] = []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        # Schema v3a moved builtin codes > 127 to BuiltinCode; older files only fill the deprecated byte.
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        op_type = op_names.get(builtin, f"BUILTIN_{builtin}")
-        if op_type == "CUSTOM":
-            op_type = f"CUSTOM:{(code.CustomCode() or b'').decode()}"
-        inputs = tuple(names[j] if j >= 0 else "" for j in (op.Inputs(k) for k in range(op.InputsLength())))
-        outputs = tuple(names[op.Outputs(k)] for k in range(op.OutputsLength()))
-        if op_type == "DEQUANTIZE" and inputs[0] in constants:  # fp16 / int8 weight storage: fold it
-            constants[outputs[0]] = constants[inputs[0]].astype(np.float32)
-            continue
-        options = _options(tflite, op_type, op)
-        if not options and op_type in (*CONV_OPS, *RESIZE_OPS, "AVERAGE_POOL_2D"):
-            raise WeightsError(f"{path}: op {i} {op_type} (tensor {outputs[0]!r}) has no options table")
-        ops.append(TFLiteOp(i, op_type, inputs, outputs, options))
-    inputs = tuple(names[graph.Inputs(k)] for k in range(graph.InputsLength()))
-    outputs = tuple(names[graph.Outputs(k)] for k in range(graph.OutputsLength()))
-    return TFLiteGraph(path, ops, constants, shapes, dtypes, inputs, outputs)
-
-
-def _buffer_bytes(model: Any, data: bytes, index: int) -> bytes | None:
-    """A tensor's constant data, or None for activations (buffer 0 / empty)."""
-    if index <= 0 or index >= model.BuffersLength():
-        return None
-    buffer = model.Buffers(index)
-    if buffer.DataLength():
-        return buffer.DataAsNumpy().tobytes()
-    offset, size = buffer.Offset(), buffer.Size()  # files over 2 GB keep buffers after the flatbuffer
-    if offset > 1 and size:
-        return data[offset:offset + size]
-    return None
-
-
-def _decode(path: Path, name: str, raw: bytes, dtype: str, shape: tuple[int, ...], quant: Any) -> np.ndarray:
-    """Bytes → numpy; quantized tensors are dequantized, fp16 widened, so weights are always float32."""
-    if dtype not in _NUMPY_TYPES:
-        raise WeightsError(f"{path}: tensor {name!r} has unsupported type {dtype}")
-    np_type = np.dtype(_NUMPY_TYPES[dtype])
-    count = int(np.prod(shape)) if shape else 1
-    if len(raw) != count * np_type.itemsize:
-        raise WeightsError(f"{path}: tensor {name!r} {dtype}{list(shape)} needs {count * np_type.itemsize} bytes, "
-                           f"file holds {len(raw)} (truncated or damaged file)")
-    array = np.frombuffer(raw, np_type).reshape(shape).copy()
-    if quant is not None and quant.ScaleLength() > 0:
-        scale = quant.ScaleAsNumpy().astype(np.float32)
-        zero = quant.ZeroPointAsNumpy().astype(np.float32) if quant.ZeroPointLength() else np.float32(0)
-        if scale.size > 1:  # per-channel: broadcast along the quantized dimension
-            axis_shape = [1] * array.ndim
-            axis_shape[quant.QuantizedDimension()] = scale.size
-            scale, zero = scale.reshape(axis_shape), np.broadcast_to(zero, scale.shape).reshape(axis_shape)
-        return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
-    return array.astype(np.float32) if np_type.kind == "f" else array
-
-
-def _options(tflite: Any, op_type: str, op: Any) -> dict[str, Any]:
-    """The builtin options this importer checks, with enums as names."""
-    table = op.BuiltinOptions()
-    if table is None:
-        return {}
-    padding, activation = _enum_names(tflite.Padding), _enum_names(tflite.ActivationFunctionType)
-
-    def read(cls: type) -> Any:
-        options = cls()
-        options.Init(table.Bytes, table.Pos)
-        return options
-
-    if op_type in CONV_OPS:
-        o = read(tflite.Conv2DOptions if op_type == "CONV_2D" else tflite.DepthwiseConv2DOptions)
-        result = {"stride": (o.StrideH(), o.StrideW()), "dilation": (o.DilationHFactor(), o.DilationWFactor()),
-                  "padding": padding.get(o.Padding()), "activation": activation.get(o.FusedActivationFunction())}
-        if op_type == "DEPTHWISE_CONV_2D":
-            result["depth_multiplier"] = o.DepthMultiplier()
-        return result
-    if op_type in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-        o = read(tflite.Pool2DOptions)
-        return {"stride": (o.StrideH(), o.StrideW()), "filter": (o.FilterHeight(), o.FilterWidth()),
-                "padding": padding.get(o.Padding()), "activation": activation.get(o.FusedActivationFunction())}
-    if op_type in RESIZE_OPS:
-        bilinear = op_type == "RESIZE_BILINEAR"
-        o = read(tflite.ResizeBilinearOptions if bilinear else tflite.ResizeNearestNeighborOptions)
-        return {"align_corners": bool(o.AlignCorners()), "half_pixel_centers": bool(o.HalfPixelCenters())}
-    if op_type == "ADD":
-        return {"activation": activation.get(read(tflite.AddOptions).FusedActivationFunction())}
-    if op_type == "CONCATENATION":
-        o = read(tflite.ConcatenationOptions)
-        return {"axis": o.Axis(), "activation": activation.get(o.FusedActivationFunction())}
-    if op_type == "MEAN":
-        return {"keep_dims": bool(read(tflite.ReducerOptions).KeepDims())}
-    return {}
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -284,108 +96,6 @@ def _tf_to_torch(op: TFLiteOp, weight: np.ndarray) -> Tensor:
     """OHWI → OIHW for CONV_2D; depthwise [1, kh, kw, C] → [C, 1, kh, kw]."""
     order = (0, 3, 1, 2) if op.type == "CONV_2D" else (3, 0, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(weight.transpose(order))).float()
-
-
-@dataclass
-class _Head:
-    """The ASPP head as found in the graph."""
-
-    branches: list[TFLiteOp]  # concat order
-    pooling: TFLiteOp | None  # the branch conv that reads the pooled map
-    pool: TFLiteOp | None
-    features: str  # backbone output tensor
-    project: TFLiteOp
-    logits: TFLiteOp
-    resizes: list[TFLiteOp]  # the resize ops the head accounts for (pooling broadcast, final upsampling)
-    align_corners: bool
-
-
-def _error(graph: TFLiteGraph, op: TFLiteOp, tensor: str | None, message: str) -> WeightsError:
-    return WeightsError(f"{graph.path}: {op.describe(tensor)}: {message}")
-
-
-def _only_consumer(graph: TFLiteGraph, op: TFLiteOp, types: tuple[str, ...]) -> TFLiteOp:
-    users = graph.consumers(op.outputs[0])
-    if len(users) != 1 or users[0].type not in types:
-        found = ", ".join(u.describe() for u in users) or "nothing"
-        raise _error(graph, op, op.outputs[0], f"expected one {'/'.join(types)} to read it, found {found}")
-    return users[0]
-
-
-def _find_head(graph: TFLiteGraph) -> _Head:
-    concats = [op for op in graph.ops if op.type == "CONCATENATION"]
-    if len(concats) != 1:
-        raise WeightsError(f"{graph.path}: expected one CONCATENATION (the ASPP), found {len(concats)}; "
-                           "this importer supports the DeepLabV3 mobile ASPP head")
-    concat = concats[0]
-    if concat.options.get("axis") not in (3, -1) or concat.options.get("activation") != "NONE":
-        raise _error(graph, concat, concat.outputs[0], f"unexpected options {concat.options}")
-    resizes, branches, pooling, pool = [], [], None, None
-    for tensor in concat.inputs:
-        op, branch_resizes = graph.producer(tensor), []
-        while op is not None and op.type in RESIZE_OPS:
-            branch_resizes.append(op)
-            op = graph.producer(op.inputs[0])
-        if op is None or op.type != "CONV_2D":
-            raise WeightsError(f"{graph.path}: ASPP branch {tensor!r} is not produced by a CONV_2D "
-                               f"({op.describe() if op else 'graph input'})")
-        source = graph.producer(op.inputs[0])
-        if source is not None and source.type in POOL_OPS:
-            pooling, pool = op, source
-        for resize in branch_resizes:  # resizing a 1x1 map is a broadcast whatever its flags: our expand
-            if op is not pooling or graph.shapes[resize.inputs[0]][1:3] != (1, 1):
-                raise _error(graph, resize, resize.outputs[0], "ASPP branch resize that is not a broadcast")
-        resizes += branch_resizes
-        branches.append(op)
-    project = _only_consumer(graph, concat, ("CONV_2D",))
-    logits = _only_consumer(graph, project, ("CONV_2D",))
-    plain = [b for b in branches if b is not pooling]
-    if len(plain) != 1 or graph.shapes[plain[0].inputs[1]][1:3] != (1, 1):
-        raise WeightsError(f"{graph.path}: ASPP has branches {[b.describe(b.inputs[1]) for b in branches]}; "
-                           "only the mobile ASPP (one 1x1 branch + image pooling) is supported")
-    features = plain[0].inputs[0]
-    if pool is not None:
-        _check_pool(graph, pool, features)
-    tail, align_corners = _final_resize(graph, logits)
-    return _Head(branches, pooling, pool, features, project, logits, resizes + tail, align_corners)
-
-
-def _check_pool(graph: TFLiteGraph, pool: TFLiteOp, features: str) -> None:
-    """Image pooling must be a global average of the backbone output (our AdaptiveAvgPool2d(1))."""
-    height, width = graph.shapes[features][1:3]
-    if pool.inputs[0] != features:
-        raise _error(graph, pool, pool.inputs[0], f"pools another tensor than the 1x1 branch ({features!r})")
-    if pool.type == "AVERAGE_POOL_2D":
-        ok = pool.options.get("filter") == (height, width) and graph.shapes[pool.outputs[0]][1:3] == (1, 1)
-    else:
-        axes = graph.constants.get(pool.inputs[1], np.array([])).ravel().tolist()
-        ok = sorted(axes) == [1, 2] and pool.options.get("keep_dims", False)
-    if not ok:
-        raise _error(graph, pool, pool.outputs[0], f"not a global average pool of the {height}x{width} features")
-
-
-def _final_resize(graph: TFLiteGraph, logits: TFLiteOp) -> tuple[list[TFLiteOp], bool]:
-    """The resize chain from the logits to the graph output: same-size resizes are identities (the
-    converter leaves one); exactly one real upsampling to the input size gives our ``align_corners``."""
-    chain, op, align_corners = [], logits, None
-    while op.outputs[0] not in graph.outputs:
-        op = _only_consumer(graph, op, ("RESIZE_BILINEAR",))
-        chain.append(op)
-        same_size = graph.shapes[op.inputs[0]][1:3] == graph.shapes[op.outputs[0]][1:3]
-        if same_size and (op.options["align_corners"] or op.options["half_pixel_centers"]):
-            continue  # an exact identity in both conventions
-        if align_corners is not None:
-            raise _error(graph, op, op.outputs[0], "a second upsampling of the logits")
-        if op.options["align_corners"]:
-            align_corners = True
-        elif op.options["half_pixel_centers"]:
-            align_corners = False  # PyTorch's align_corners=False is TF's half-pixel convention
-        else:
-            raise _error(graph, op, op.outputs[0], "legacy TF resize (no align_corners, no half-pixel centers) "
-                                                   "has no PyTorch equivalent")
-    if align_corners is None or graph.shapes[op.outputs[0]][1:3] != graph.shapes[graph.inputs[0]][1:3]:
-        raise _error(graph, op, op.outputs[0], "logits are not upsampled to the input size as our model does")
-    return chain, align_corners
 
 
 def _assign(graph: TFLiteGraph, op: TFLiteOp, slot: _Slot, in_order: list[slice] | None = None) -> None:
