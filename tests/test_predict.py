@@ -125,3 +125,29 @@ def test_demo_runs_and_explains_missing_files(tflite_file: Path, shared_data: Pa
     assert "mIoU" in printed and len(list((tmp_path / "demo").glob("*.jpg"))) == 2
     assert main(["demo", "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "d2")]) == 2
     assert "deeplabv3_257_mv_gpu.tflite is missing: put" in capsys.readouterr().err
+
+
+def test_convert_tflite_to_a_model_file(tflite_file: Path, photos: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mobile voc.safetensors"
+    assert main(["convert", str(tflite_file), str(out)]) == 0
+    assert "21 classes" in capsys.readouterr().out
+    assert main(["convert", str(tflite_file), str(out)]) == 2  # exists: refused without --force
+    image = str(photos / "café photo.jpg")
+    assert main(["predict", image, "-w", str(out), "-o", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["predict", image, "-w", str(tflite_file), "-o", str(tmp_path / "b"), "--no-progress"]) == 0
+    a = np.asarray(Image.open(tmp_path / "a" / "café photo.png"))
+    assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / "café photo.png")))
+
+
+def test_crf_options(tflite_file: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pydensecrf")
+    image = str(photos / "café photo.jpg")
+    common = ["predict", image, "-w", str(tflite_file), "--no-progress", "--no-overlay"]
+    assert main(common + ["-o", str(tmp_path / "plain")]) == 0
+    assert main(common + ["-o", str(tmp_path / "crf"), "--crf-param", "iterations=5", "--crf-param", "bi_w=6"]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "café photo.png"))
+    refined = np.asarray(Image.open(tmp_path / "crf" / "café photo.png"))
+    assert plain.shape == refined.shape and 0 < (plain != refined).mean() < 0.2  # CRF moves boundaries only
+    assert main(common + ["-o", str(tmp_path / "x"), "--crf-param", "sigma=3"]) == 2
+    assert "KEY one of iterations" in capsys.readouterr().err

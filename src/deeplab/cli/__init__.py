@@ -9,9 +9,9 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import check_data, demo, eval, export, models, predict, train
+from . import check_data, convert, demo, eval, export, models, predict, train
 
-SUBCOMMANDS = (demo, models, check_data, train, eval, predict, export)
+SUBCOMMANDS = (demo, models, check_data, train, eval, predict, export, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sliding-window size for large images (bounded memory)")
     parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument("--crf", action="store_true", help="refine with the dense CRF (pip install 'deeplab[crf]')")
+    parser.add_argument("--crf-param", dest="crf_params", action="append", default=[], metavar="KEY=VALUE",
+                        help="dense-CRF setting (implies --crf): iterations, bi_w, bi_xy_std, bi_rgb_std, pos_w, "
+                             "pos_xy_std; defaults are DeepLab v2's VOC values")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
 
 
@@ -68,14 +71,31 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     predictor = Predictor(loaded.model, normalization=Normalization.from_metadata(loaded.metadata), device=device,
                           output_stride=args.output_stride, scales=args.scales, flip=args.flip, tile=args.tile,
                           batch_size=args.batch_size, class_names=loaded.metadata.get("classes"),
-                          backend=loaded.backend, return_probabilities=keep_probabilities or args.crf)
+                          backend=loaded.backend, return_probabilities=keep_probabilities or uses_crf(args))
     return predictor, loaded
 
 
-def crf_postprocess(enabled: bool):
-    """None, or ``(image, prediction) → labels`` refined by the dense CRF."""
-    if not enabled:
-        return None
-    from ..crf import dense_crf
+def uses_crf(args: argparse.Namespace) -> bool:
+    return bool(args.crf or args.crf_params)
 
-    return lambda image, prediction: dense_crf(image, prediction.probabilities).argmax(0)
+
+def crf_postprocess(args: argparse.Namespace):
+    """None, or ``(image, prediction) → labels`` refined by the dense CRF with ``--crf-param`` settings."""
+    if not uses_crf(args):
+        return None
+    import dataclasses
+
+    from ..crf import CRFParams, dense_crf
+
+    fields = {f.name: f.type for f in dataclasses.fields(CRFParams)}
+    settings = {}
+    for item in args.crf_params:
+        key, _, value = item.partition("=")
+        if key not in fields or not value:
+            raise ValueError(f"--crf-param {item!r}: use KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            settings[key] = int(value) if key == "iterations" else float(value)
+        except ValueError:
+            raise ValueError(f"--crf-param {item!r}: {value!r} is not a number") from None
+    params = CRFParams(**settings)
+    return lambda image, prediction: dense_crf(image, prediction.probabilities, params).argmax(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_arguments, build_predictor, crf_postprocess, positive_int
+from .common import add_model_arguments, build_predictor, crf_postprocess, positive_int, uses_crf
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,17 +48,17 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args)
     predictor, loaded = build_predictor(args)
-    result = evaluate_dataset(predictor, dataset, input_size=args.input_size, postprocess=crf_postprocess(args.crf),
+    result = evaluate_dataset(predictor, dataset, input_size=args.input_size, postprocess=crf_postprocess(args),
                               limit=args.limit, progress=not args.no_progress)
     names = dataset.info.classes
     print(result.matrix.table(names))
     protocol = f"{args.input_size}x{args.input_size} resize" if args.input_size else "native resolution"
     print(f"{args.weights} on {dataset.info.name} ({result.images} images, {protocol}, scales {list(args.scales)}"
-          f"{', flip' if args.flip else ''}{', CRF' if args.crf else ''}): mIoU {100 * result.matrix.miou:.2f} %, "
+          f"{', flip' if args.flip else ''}{', CRF' if uses_crf(args) else ''}): mIoU {100 * result.matrix.miou:.2f} %, "
           f"{result.seconds:.1f} s ({1000 * result.median_seconds:.0f} ms/image median)")
     if args.json:
         summary = {"weights": str(args.weights), "dataset": dataset.info.name, "images": result.images,
-                   "protocol": protocol, "scales": list(args.scales), "flip": args.flip, "crf": args.crf,
+                   "protocol": protocol, "scales": list(args.scales), "flip": args.flip, "crf": uses_crf(args), "crf_params": args.crf_params,
                    "output_stride": args.output_stride, "seconds": result.seconds,
                    **result.matrix.summary(names)}
         atomic_write_bytes(args.json, json.dumps(summary, indent=2).encode())

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     options = OutputOptions(probabilities=args.probabilities, areas=args.areas, overlay=not args.no_overlay,
                             alpha=args.alpha, force=args.force, palette=loaded.metadata.get("palette"))
     report = segment_files(predictor, images, args.output, options, progress=not args.no_progress,
-                           postprocess=crf_postprocess(args.crf))
+                           postprocess=crf_postprocess(args))
     for path, message in report.failed:
         if str(path) not in message:
             message = f"{path}: {message}"
