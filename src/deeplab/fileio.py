@@ -42,6 +42,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it is writable, so a long job fails before its work, not after."""
+    folder = Path(folder)
+    probe = folder / ".deeplab-write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"{folder}: output folder is not writable ({error.strerror or error})") from None
+    return folder
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not possible on every platform/filesystem, hence best effort.
     try:

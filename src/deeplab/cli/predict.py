@@ -25,8 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from ..fileio import ensure_writable_dir
     from ..segment_files import OutputOptions, expand_inputs, segment_files
 
     images, missing = expand_inputs(args.inputs)
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {path}: {message}")
     if not images:
         raise ValueError("no images to predict")
-    _check_output_folder(Path(args.output))
+    ensure_writable_dir(args.output)
     predictor, loaded = build_predictor(args, keep_probabilities=args.probabilities)
     options = OutputOptions(probabilities=args.probabilities, areas=args.areas, overlay=not args.no_overlay,
                             alpha=args.alpha, force=args.force, palette=loaded.metadata.get("palette"))
@@ -48,14 +47,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(images) - len(report.failed)} of {len(images) + len(missing)} inputs segmented into "
           f"{args.output}" + (f"; {failed} failed" if failed else ""))
     return 1 if report.failed or missing else 0
-
-
-def _check_output_folder(folder) -> None:
-    """A read-only or impossible output folder fails before any work."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".deeplab-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise OSError(f"{folder}: cannot write outputs here ({error.strerror or error})") from None

@@ -22,6 +22,7 @@ from ..data.checks import check_dataset
 from ..data.datasets import SegmentationDataset, build_dataset
 from ..data.transforms import eval_transforms, train_transforms
 from ..engine import Stopwatch, TrainingDiverged, evaluate, train_one_step, unwrap
+from ..fileio import ensure_writable_dir
 from ..losses import SegmentationLoss
 from ..models.builders import build_model
 from .distributed import DistInfo, barrier, broadcast_from_main, cleanup, init_distributed, mean_across_ranks
@@ -74,7 +75,7 @@ def run_training(config: Config, *, resume: str | None = "auto", progress: bool 
     try:
         check_train_settings(config)
         if info.is_main:
-            _check_writable(run_dir)
+            ensure_writable_dir(run_dir)
         if resume is None:
             _refuse_earlier_run(run_dir)
         return _run(config, train_cfg, run_dir, device, info, log, resume, progress, check_data)
@@ -295,21 +296,11 @@ def _class_weights(setting, report, train_set, num_classes: int, progress: bool,
 
             report = scan_dataset(train_set, num_classes, progress=progress)
         weights = report.class_weights()
-        log("median-frequency class weights: " + ", ".join(f"{w:.3f}" for w in weights))
-        return list(weights)
+        log("median-frequency class weights: " + ", ".join("n/a" if w is None else f"{w:.3f}" for w in weights))
+        # A class with no training pixels has no frequency; its weight never multiplies a pixel, so 1 is neutral.
+        return [1.0 if w is None else float(w) for w in weights]
     if isinstance(setting, str):
         raise ValueError(f"train.class_weights must be null, 'median' or a list of {num_classes} numbers")
     if len(setting) != num_classes:
         raise ValueError(f"train.class_weights has {len(setting)} values for {num_classes} classes")
     return list(setting)
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Fail before any work if the output folder cannot be written."""
-    probe = run_dir / ".write-test"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise OSError(f"{run_dir}: output folder is not writable ({error.strerror or error})") from None
