@@ -30,7 +30,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help=f"folder holding weights/{TFLITE_NAME} and {VOC_DEV}/ (e.g. ../shared/data)")
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="where panels go (default demo_output)")
     parser.add_argument("--limit", type=positive_int, default=None, help="first N images only")
-    parser.add_argument("--force", action="store_true", help="overwrite panels of an earlier run")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run)
 
@@ -47,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
                                 f"(or point --data at the folder that has it)")
     from ..data.datasets import voc_dataset
     from ..evaluation import evaluate_dataset
+    from ..fileio import ensure_writable_dir
     from ..inference import Normalization, Predictor
     from ..visualize import colorize, overlay, side_by_side
     from ..weights.tflite import load_tflite, tflite_preprocessing
@@ -59,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
                           class_names=metadata["classes"], return_probabilities=False)
     dataset = voc_dataset(paths[VOC_DEV], "val_dev.txt")
     palette = dataset.info.palette
-    args.output.mkdir(parents=True, exist_ok=True)
-    if any(args.output.glob("*.jpg")) and not args.force:
-        raise FileExistsError(f"{args.output} already holds panels; pass --force to overwrite or choose --output")
+    ensure_writable_dir(args.output)  # the demo's own folder: a re-run replaces its panels
 
     def write_panel(sample, labels) -> None:
         from ..segment_files import save_jpeg
