@@ -9,10 +9,8 @@ resumes exactly from the newest valid checkpoint, and under ``torchrun`` runs DD
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -87,12 +85,6 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, ignore_inde
     return matrix
 
 
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class Stopwatch:
@@ -112,9 +104,3 @@ class Stopwatch:
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def save_dir(path: str | Path) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
