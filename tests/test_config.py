@@ -67,3 +67,34 @@ def test_shipped_configs_are_valid(path: Path) -> None:
 def test_scientific_notation_without_a_dot() -> None:
     """YAML 1.1 reads 1e-4 as a string; float fields accept it anyway."""
     assert load_config(None, ["train.lr=1e-4", "train.weight_decay=4e-5"]).train.lr == 1e-4
+
+
+@pytest.mark.parametrize("name, stride, rates, block4, crop, batch, lr, iterations, freeze_bn, train_split", [
+    # SPEC §3: stage 1 on trainaug at OS16 with BN trained; stage 2 frozen BN at OS8, lr 0.001, on train.
+    ("voc_resnet101_os16", 16, (6, 12, 18), [2, 4, 8], (513, 513), 16, 0.007, 30000, False, "trainaug"),
+    ("voc_resnet101_os8_finetune", 8, (12, 24, 36), [4, 8, 16], (513, 513), 16, 0.001, 30000, True, "train"),
+    ("cityscapes_resnet101_os16", 16, (6, 12, 18), [2, 4, 8], (769, 769), 8, 0.01, 90000, False, "train"),
+])
+def test_paper_recipe_configs(name: str, stride: int, rates: tuple[int, ...], block4: list[int],
+                              crop: tuple[int, int], batch: int, lr: float, iterations: int, freeze_bn: bool,
+                              train_split: str) -> None:
+    """The shipped recipes carry the paper's numbers and build the paper's geometry: ResNet-101, Multi-Grid
+    (1, 2, 4) applied as block-4 dilations, ASPP rates from the output stride, image pooling."""
+    import torch
+
+    from deeplab.models.builders import build_model
+    from test_models import applied_dilations
+
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    train = config.train
+    assert (config.data.crop_size, config.data.scale_range, train.batch_size, train.lr, train.iterations) == \
+        (crop, (0.5, 2.0), batch, lr, iterations)
+    assert (train.momentum, train.weight_decay, train.poly_power, train.freeze_bn) == (0.9, 1e-4, 0.9, freeze_bn)
+    assert train.bn_momentum == pytest.approx(1 - 0.9997) and config.data.train_split == train_split
+    assert (config.model.init_weights is not None) == freeze_bn  # stage 2 starts from stage 1
+    with torch.device("meta"):
+        model = build_model(model_kwargs(config.model, 19 if "cityscapes" in name else 21)).eval()
+    assert model.output_stride == stride and model.aspp_rates == rates and config.model.image_pooling
+    seen = applied_dilations(model, torch.empty(1, 3, 65, 65, device="meta"))
+    assert [seen[f"backbone.layer4.{i}.conv2"][0] for i in range(3)] == block4
+    assert len([k for k in seen if k.startswith("backbone.layer3.")]) == 23  # ResNet-101: 23 block-3 units

@@ -31,13 +31,14 @@ from deeplab.cli import main
 from deeplab.config import Config, load_config, save_config
 from deeplab.data.datasets import CAMVID_CLASSES
 from deeplab.data.transforms import train_transforms
-from deeplab.engine import TrainingDiverged, train_one_step
+from deeplab.engine import TrainingDiverged, step_normaliser, train_one_step
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
 from deeplab.plots import read_metrics_csv
 from deeplab.training import runner
 from deeplab.training.optim import BN_TYPES, build_optimizer, build_scheduler, poly_factor
-from deeplab.training.sampler import AugmentedDataset, ShardSampler, TrainSampler
+from deeplab.training.distributed import DistInfo
+from deeplab.training.sampler import AugmentedDataset, ShardSampler, TrainSampler, sample_seed, step_seed
 from deeplab.training.state import latest_valid_checkpoint, load_training_checkpoint
 from deeplab.weights.io import read_file
 
@@ -78,16 +79,6 @@ def mini_camvid(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("camvid_mini")
     _copy_camvid(shared_data / "camvid", root, "train", 8, (240, 180), None)
     _copy_camvid(shared_data / "camvid", root, "val", 3, (96, 72), None)
-    return root
-
-
-@pytest.fixture(scope="session")
-def mini_camvid_no_void(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same images with void relabelled as Sky: every pixel counts, so each image of a batch has the same
-    number of loss pixels and the per-rank mean losses of DDP average to the one-process mean exactly."""
-    root = tmp_path_factory.mktemp("camvid_mini_no_void")
-    _copy_camvid(shared_data / "camvid", root, "train", 8, (240, 180), 0)
-    _copy_camvid(shared_data / "camvid", root, "val", 3, (96, 72), 0)
     return root
 
 
@@ -164,6 +155,34 @@ def test_loss_matches_cross_entropy_weighted_mean_and_adds_aux() -> None:
     torch.testing.assert_close(loss_fn(logits, target), weighted, rtol=1e-6, atol=0)
     aux_loss = F.cross_entropy(aux, target, weight=weights, ignore_index=255)
     torch.testing.assert_close(loss_fn((logits, aux), target), weighted + 0.25 * aux_loss, rtol=1e-6, atol=0)
+
+
+def test_shared_denominator_makes_split_batches_sum_to_the_whole_batch_mean() -> None:
+    """Two crops with very different numbers of ignore pixels: each crop's loss over the step's normaliser
+    sums to the whole batch's weighted mean (per-crop means averaged would give the mostly-ignore crop as much
+    say as the full one — they differ here by a checked margin)."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 4, 6, 8), torch.randint(0, 4, (2, 6, 8))
+    target[1, 1:] = 255  # crop 1: one labelled row out of six
+    for weights in (None, [0.5, 2.0, 1.0, 3.0]):
+        loss_fn = SegmentationLoss(class_weights=weights)
+        whole = loss_fn(logits, target)
+        denominator = step_normaliser(loss_fn, [target[:1], target[1:]], DistInfo())
+        torch.testing.assert_close(denominator, loss_fn.normaliser(target))
+        parts = loss_fn(logits[:1], target[:1], denominator) + loss_fn(logits[1:], target[1:], denominator)
+        torch.testing.assert_close(parts, whole, rtol=1e-6, atol=0)
+        per_crop_means = (loss_fn(logits[:1], target[:1]) + loss_fn(logits[1:], target[1:])) / 2
+        assert abs(per_crop_means - whole) > 1e-2
+
+
+def test_step_seed_gives_each_rank_and_step_its_own_dropout_masks() -> None:
+    def mask(iteration: int, rank: int) -> torch.Tensor:
+        torch.manual_seed(step_seed(0, iteration, rank))
+        return F.dropout(torch.ones(1000), p=0.5) > 0
+
+    assert torch.equal(mask(3, 1), mask(3, 1))  # a resumed run redraws the same masks without saved state
+    assert not torch.equal(mask(3, 0), mask(3, 1)) and not torch.equal(mask(3, 0), mask(4, 0))
+    assert step_seed(0, 3, 0) != sample_seed(0, 3, 0)
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -469,9 +488,9 @@ def test_divergence_stops_with_step_loss_lr_and_keeps_the_checkpoint(mini_camvid
     class PoisonedLoss(SegmentationLoss):
         calls = 0
 
-        def forward(self, output, target):
+        def forward(self, output, target, denominator=None):
             PoisonedLoss.calls += 1
-            loss = super().forward(output, target)
+            loss = super().forward(output, target, denominator)
             if PoisonedLoss.calls < 3:
                 return loss
             seen.update({p.name: digest(p) for p in run_dir.iterdir() if p.is_file()})  # the files before step 3
@@ -572,17 +591,39 @@ def test_evaluation_at_another_output_stride(mini_camvid: Path, tmp_path: Path,
 # ------------------------------------------------------------------------------------------------ DDP (CPU)
 
 
+SAME_GRADIENT_RUN = ["train.freeze_bn=true", "model.aspp_dropout=0.0", "data.max_train_images=4",
+                     "train.class_weights=[0.3, 0.2, 4.8, 0.15, 1.0, 0.4, 3.8, 2.0, 0.8, 6.4, 8.9]"]
+
+
+def test_gradient_accumulation_matches_one_batch(mini_camvid: Path, tmp_path: Path) -> None:
+    """Batch 1 × 2 accumulated micro-batches vs batch 2: the same samples per step (void pixels and class
+    weights make the two crops count different totals), BN frozen, no dropout → the same weights and losses."""
+    whole = make_config(mini_camvid, tmp_path, *SAME_GRADIENT_RUN, "train.iterations=4", name="whole")
+    split = make_config(mini_camvid, tmp_path, *SAME_GRADIENT_RUN, "train.iterations=4", "train.batch_size=1",
+                        "train.grad_accumulation=2", name="split")
+    for config in (whole, split):
+        runner.run_training(config, resume=None, progress=False, check_data=False)
+    whole_state = state_dict_of(whole.run_dir / "checkpoint_0000004.pt")
+    split_state = state_dict_of(split.run_dir / "checkpoint_0000004.pt")
+    for key in whole_state:
+        torch.testing.assert_close(split_state[key], whole_state[key], atol=1e-5, rtol=0, msg=key)
+    np.testing.assert_allclose([v for _, v in step_losses(split.run_dir)],
+                               [v for _, v in step_losses(whole.run_dir)], rtol=1e-5)
+
+
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(mini_camvid_no_void: Path, tmp_path: Path) -> None:
+def test_ddp_two_processes_match_one_process(mini_camvid: Path, tmp_path: Path) -> None:
     """torchrun, 2 ranks × 1 image vs 1 process × 2 images, same seed: the same samples in every step, BN frozen
-    and no dropout (both would depend on the per-process batch), so the gradients agree up to float rounding.
-    Evaluation on 3 validation images (odd: rank 0 gets 2, rank 1 gets 1) gives the one-process matrix."""
-    common = ["train.freeze_bn=true", "model.aspp_dropout=0.0", "train.iterations=4", "train.eval_every=4",
-              "train.checkpoint_every=2", "train.time_budget_minutes=60"]  # the budget: a collective every step
-    single = make_config(mini_camvid_no_void, tmp_path, *common, name="single")
+    and no dropout (both would depend on the per-process batch), so the gradients agree up to float rounding —
+    with CamVid's void pixels and class weights, so the two crops of a step count different weighted pixel
+    totals (the loss normaliser is summed across ranks). Evaluation on 3 validation images (odd: rank 0 gets 2,
+    rank 1 gets 1) gives the one-process matrix."""
+    common = [*SAME_GRADIENT_RUN, "train.iterations=4", "train.eval_every=4", "train.checkpoint_every=2",
+              "train.time_budget_minutes=60"]  # the budget: a collective every step
+    single = make_config(mini_camvid, tmp_path, *common, name="single")
     runner.run_training(single, resume=None, progress=False, check_data=False)
 
-    ddp = make_config(mini_camvid_no_void, tmp_path, *common, "train.batch_size=1", name="ddp")
+    ddp = make_config(mini_camvid, tmp_path, *common, "train.batch_size=1", name="ddp")
     config_file = tmp_path / "ddp.yaml"
     save_config(ddp, config_file)
     result = train_cli(config_file, "--no-check", cwd=tmp_path, torchrun=2)
@@ -607,7 +648,7 @@ def test_ddp_two_processes_match_one_process(mini_camvid_no_void: Path, tmp_path
 
     single_eval = json.loads((single.run_dir / "eval.json").read_text())
     ddp_eval = json.loads((ddp.run_dir / "eval.json").read_text())
-    assert ddp_eval["pixels"] == 3 * 72 * 96
+    assert 0 < ddp_eval["pixels"] == single_eval["pixels"] < 3 * 72 * 96  # void pixels are not counted
     assert ddp_eval["confusion_matrix"] == single_eval["confusion_matrix"]
     # Exactly: the DDP model evaluated in one process gives the matrix the two ranks summed.
     from deeplab.data.transforms import eval_transforms

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from .losses import SegmentationLoss
 from .metrics import ConfusionMatrix
 from .training.distributed import DistInfo, all_reduce_sum
 
@@ -33,20 +34,33 @@ class StepResult:
     images: int
 
 
-def train_one_step(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss_fn: nn.Module,
+def step_normaliser(loss_fn: SegmentationLoss, labels: Sequence[Tensor], info: DistInfo) -> Tensor:
+    """The loss denominator that makes one step the mean over every labelled pixel of the global batch.
+
+    DDP averages gradients over ranks, so each rank divides by the global normaliser / world size; micro-batches
+    of gradient accumulation share it. Then 2 ranks × 1 image, 1 rank × 2 micro-batches and 1 × 2 images give
+    the same gradient even when the crops hold different numbers of ignore pixels."""
+    local = torch.stack([loss_fn.normaliser(label) for label in labels]).sum().double()
+    return (all_reduce_sum(local, info) / info.world_size).float()
+
+
+def train_one_step(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss_fn: SegmentationLoss,
                    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
-                   device: torch.device, *, amp: bool, iteration: int) -> StepResult:
+                   device: torch.device, *, amp: bool, iteration: int, info: DistInfo = DistInfo()) -> StepResult:
     """One optimiser step over ``len(batches)`` accumulated micro-batches. ``iteration``: steps done before
-    this one (messages count steps from 1, as metrics.csv and checkpoint names do)."""
+    this one (messages count steps from 1, as metrics.csv and checkpoint names do). Under DDP every rank must
+    call it (the loss normaliser is summed across ranks)."""
     optimizer.zero_grad(set_to_none=True)
+    batches = [(image.to(device, non_blocking=True), label.to(device, non_blocking=True))
+               for image, label in batches]
+    denominator = step_normaliser(loss_fn, [label for _, label in batches], info)
     total, images = 0.0, 0
     for micro, (image, label) in enumerate(batches):
-        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         sync = contextlib.nullcontext()
         if isinstance(model, DistributedDataParallel) and micro < len(batches) - 1:
             sync = model.no_sync()  # all-reduce gradients once per step, not per micro-batch
         with sync, torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            loss = loss_fn(model(image), label) / len(batches)
+            loss = loss_fn(model(image), label, denominator)
         if not torch.isfinite(loss):
             lr = optimizer.param_groups[0]["lr"]
             raise TrainingDiverged(f"loss is {loss.item()} at step {iteration + 1} (lr {lr:.3g}); stopping without "

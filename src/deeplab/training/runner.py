@@ -28,7 +28,7 @@ from ..models.builders import build_model
 from .distributed import DistInfo, barrier, broadcast_from_main, cleanup, init_distributed, mean_across_ranks
 from .logbook import Logbook
 from .optim import build_optimizer, build_scheduler, freeze_batch_norm, set_bn_momentum
-from .sampler import AugmentedDataset, ShardSampler, TrainSampler
+from .sampler import AugmentedDataset, ShardSampler, TrainSampler, step_seed
 from .state import (latest_valid_checkpoint, list_checkpoints, load_training_checkpoint, prune_checkpoints,
                     save_training_checkpoint, set_rng_state)
 
@@ -157,10 +157,10 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
                                  flip=config.data.flip)
     sampler = TrainSampler(len(train_set), train_cfg.batch_size, seed=train_cfg.seed, rank=info.rank,
                            world_size=info.world_size, start_iteration=start * train_cfg.grad_accumulation)
-    # The loader gets its own generator: its iterator draws the workers' base seed from it, not from the global
-    # torch RNG, which the model's dropout uses — otherwise the draw made when a resumed run creates its
-    # iterator would shift every later dropout mask and break bit-exact resume. (Augmentation is seeded per
-    # sample by AugmentedDataset, so the workers' seeds do not matter for the data.)
+    # The loader gets its own generator: its iterator draws the workers' base seed from it and leaves the global
+    # torch RNG to dropout, which the loop reseeds every step from (seed, step, rank) — so a resumed run draws
+    # the masks an uninterrupted one would, and ranks draw different ones. (Augmentation is seeded per sample by
+    # AugmentedDataset, so the workers' seeds do not matter for the data.)
     loader = DataLoader(AugmentedDataset(train_set, transform, generator, train_cfg.seed, dataset_info.ignore_index),
                         batch_size=train_cfg.batch_size, sampler=sampler, num_workers=config.data.workers,
                         pin_memory=device.type == "cuda", persistent_workers=config.data.workers > 0,
@@ -224,8 +224,9 @@ def _run(config: Config, train_cfg, run_dir: Path, device: torch.device, info: D
                                                                              start + train_cfg.stop_after)
     while iteration < stop_at and not out_of_time(stopwatch, info):
         micro = [next(batches) for _ in range(train_cfg.grad_accumulation)]
+        torch.manual_seed(step_seed(train_cfg.seed, iteration, info.rank))
         step = train_one_step(model, micro, loss_fn, optimizer, scheduler, scaler, device, amp=amp,
-                              iteration=iteration)
+                              iteration=iteration, info=info)
         iteration += 1
         window.append(step.loss)
         window_images += step.images * info.world_size

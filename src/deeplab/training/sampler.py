@@ -68,7 +68,17 @@ class AugmentedDataset(Dataset):
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for one sample of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return mixed_seed(seed, epoch, index)
+
+
+def step_seed(seed: int, iteration: int, rank: int) -> int:
+    """The seed of the global torch RNG (dropout) for one training step on one rank: masks differ across
+    ranks (one shared seed would give every rank the same masks) and need no saved state to resume exactly."""
+    return mixed_seed(seed, 1 << 32, iteration, rank)  # 1 << 32: a stream apart from sample_seed's
+
+
+def mixed_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class ShardSampler(Sampler[int]):
