@@ -588,6 +588,42 @@ def test_evaluation_at_another_output_stride(mini_camvid: Path, tmp_path: Path,
     assert model.output_stride == 16 and model.config["output_stride"] == 16
 
 
+def _batch_norm_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    names = [name for name, module in model.named_modules() if isinstance(module, BN_TYPES)]
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[0] in names}
+
+
+def test_second_stage_starts_from_the_first_at_os8_with_frozen_bn(mini_camvid: Path, shared_data: Path,
+                                                                  tmp_path: Path) -> None:
+    """The paper's two stages (configs/voc_resnet101_os8_finetune.yaml in miniature): stage 2 loads stage 1
+    through model.init_weights, runs at OS8 with BN frozen — its BN statistics and affine parameters stay
+    bit-identical to stage 1's while the convolutions train. Then the same start with finetune=true on
+    another dataset (real VOC images, 21 classes instead of CamVid's 11) re-initialises only the classifier."""
+    stage1 = make_config(mini_camvid, tmp_path, "data.max_train_images=4", "train.iterations=2", name="stage1")
+    runner.run_training(stage1, resume=None, progress=False, check_data=False)
+    start = stage1.run_dir / "checkpoint_0000002.pt"
+    second = ["data.max_train_images=4", "train.iterations=2", "train.freeze_bn=true", "train.lr=0.001",
+              f"model.init_weights={start}"]
+    stage2 = make_config(mini_camvid, tmp_path, *second, "model.output_stride=8", name="stage2")
+    runner.run_training(stage2, resume=None, progress=False, check_data=False)
+
+    model, _ = load_model(stage2.run_dir / "checkpoint_0000002.pt")
+    assert model.output_stride == 8 and model.backbone.output_stride == 8
+    before, after = state_dict_of(start), state_dict_of(stage2.run_dir / "checkpoint_0000002.pt")
+    frozen = _batch_norm_state(after, model)
+    assert len(frozen) > 50 and all(torch.equal(v, before[k]) for k, v in frozen.items())
+    assert not torch.equal(after["backbone.features.0.0.weight"], before["backbone.features.0.0.weight"])
+
+    voc = [f"data.root={shared_data / 'voc2012_val_dev'}", "data.train_split=val_dev.txt", "data.max_val_images=1",
+           "data.val_split=val_dev.txt", "model.finetune=true"]
+    transfer = make_config(mini_camvid, tmp_path, *second, *voc, "data.dataset=voc", name="transfer")
+    runner.run_training(transfer, resume=None, progress=False, check_data=False)
+    moved = state_dict_of(transfer.run_dir / "checkpoint_0000002.pt")
+    classifier = [k for k in moved if moved[k].shape != before[k].shape]
+    assert classifier and all(moved[k].shape[0] == 21 and before[k].shape[0] == 11 for k in classifier)
+    assert all(torch.equal(moved[k], before[k]) for k in _batch_norm_state(moved, model))  # loaded, then frozen
+
+
 # ------------------------------------------------------------------------------------------------ DDP (CPU)
 
 
