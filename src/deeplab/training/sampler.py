@@ -78,6 +78,7 @@ def step_seed(seed: int, iteration: int, rank: int) -> int:
 
 
 def mixed_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from any tuple of non-negative ints (NumPy SeedSequence hashing)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
