@@ -1,7 +1,7 @@
 """What the dense CRF (DeepLab v1/v2's post-processing, dropped for DeepLabV3) buys on the VOC dev images.
 
 The authors' imported DeepLabV3 (``deeplabv3_257_mv_gpu.tflite``: MobileNetV2 ×0.5, OS 8, COCO + VOC
-trainaug) predicts each val_dev image at its native size (normalisation from ``tflite_preprocessing``, the
+trainaug) predicts each val_dev image at its native size (normalisation from the imported model's card, the
 model's ``align_corners`` as imported, no test-time augmentation); the softmax probabilities are scored
 as they are and after ``deeplab.crf.dense_crf`` (DeepLab v2's VOC parameters unless overridden). One
 confusion matrix per variant over the whole set (21 classes, 255 ignored): mIoU and pixel accuracy, plus
@@ -24,9 +24,9 @@ import torch
 
 from deeplab.crf import CRFParams, dense_crf
 from deeplab.data.datasets import voc_dataset
-from deeplab.inference import Normalization, Predictor
+from deeplab.inference import Predictor
 from deeplab.metrics import ConfusionMatrix
-from deeplab.weights.tflite import load_tflite, tflite_preprocessing
+from deeplab.weights.tflite import import_tflite_file
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -49,11 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     dataset = voc_dataset(args.voc, args.split)
     count = min(args.limit, len(dataset)) if args.limit else len(dataset)
-    metadata = tflite_preprocessing(args.weights)
-    model = load_tflite(args.weights)
-    predictor = Predictor(model, normalization=Normalization.from_metadata(metadata), batch_size=1,
-                          class_names=metadata["classes"])  # align_corners: the model's, as imported
-    num_classes = len(metadata["classes"])
+    model, card = import_tflite_file(args.weights)
+    predictor = Predictor(model, normalization=card.normalization, batch_size=1,
+                          class_names=card.classes)  # align_corners: the model's, as imported
+    num_classes = card.num_classes
     plain, refined = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes)
     network_s, crf_s, gains = [], [], []
     print(f"{count} images from {args.voc}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nΔ mIoU {100 * (refined.miou - plain.miou):+.2f} points, Δ pixel acc "
           f"{100 * (refined.pixel_accuracy - plain.pixel_accuracy):+.2f}; per-image accuracy better on "
           f"{result['images_improved']}, worse on {result['images_worse']}; wall {wall:.0f} s")
-    names = metadata["classes"]
+    names = list(card.classes)
     print("per-class IoU Δ: " + " ".join(
         f"{n[:5]}={100 * (b - a):+.1f}" for n, a, b in zip(names, result["iou_without_crf"], result["iou_with_crf"])
         if a == a and b == b))

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deeplab.weights.tflite import VOC_CLASSES, load_tflite, tflite_input, tflite_preprocessing
+from deeplab.data.datasets import VOC_CLASSES
+from deeplab.weights.tflite import import_tflite_file, tflite_input
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NUM_CLASSES, IGNORE = len(VOC_CLASSES), 255
@@ -109,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_tflite(args.weights).to(device)
-    size = tuple(tflite_preprocessing(args.weights)["input_size"])
+    model, card = import_tflite_file(args.weights)
+    model = model.to(device)
+    size = card.input_size
     predict = torch_predictor(model, device)
     print(f"{len(ids)} images from {args.voc}, device {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")

@@ -59,6 +59,41 @@ def test_model_kwargs_build_a_model() -> None:
     assert model.aspp_rates == () and model.classifier[-1].out_channels == 11
 
 
+def test_model_config_covers_every_builder_argument() -> None:
+    """Every builder argument but num_classes (the dataset gives it) is a ModelConfig field and nothing else is,
+    and a field's default is either None (the builder's own default) or each builder's default."""
+    import dataclasses
+    import inspect
+
+    from deeplab.config import WEIGHT_SOURCES, ModelConfig
+    from deeplab.models.builders import BUILDERS
+
+    signatures = {arch: inspect.signature(build).parameters for arch, build in BUILDERS.items()}
+    arguments = {name for params in signatures.values() for name in params} - {"num_classes"}
+    fields = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    assert set(fields) - set(WEIGHT_SOURCES) - {"arch"} == arguments
+    for name in arguments - {"backbone"}:  # the backbone default differs by architecture on purpose
+        if fields[name] is not None:
+            for arch, params in signatures.items():
+                if name in params:
+                    assert params[name].default == fields[name], (arch, name)
+
+
+def test_model_kwargs_refuse_what_the_architecture_does_not_take() -> None:
+    config = load_config(None, ["model.arch=deeplabv3plus", "model.extra_blocks=1"])
+    with pytest.raises(ConfigError, match=r"model.extra_blocks=1 does not apply to deeplabv3plus"):
+        model_kwargs(config.model, 11)
+    config = load_config(None, ["model.decoder_channels=128"])
+    with pytest.raises(ConfigError, match=r"model.decoder_channels=128 does not apply to deeplabv3 "):
+        model_kwargs(config.model, 11)
+    config = load_config(None, ["model.arch=deeplabv3plus", "model.backbone=resnet18", "model.decoder_channels=64",
+                                "model.channel_divisor=8"])
+    from deeplab.models import build_model
+
+    model = build_model(model_kwargs(config.model, 5))
+    assert model.config["decoder_channels"] == 64 and model.classifier.classifier.in_channels == 64
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path: Path) -> None:
     load_config(path)
@@ -70,7 +105,7 @@ def test_scientific_notation_without_a_dot() -> None:
 
 
 @pytest.mark.parametrize("name, stride, rates, block4, crop, batch, lr, iterations, freeze_bn, train_split", [
-    # SPEC §3: stage 1 on trainaug at OS16 with BN trained; stage 2 frozen BN at OS8, lr 0.001, on train.
+    # The paper's recipe: stage 1 on trainaug at OS16 with BN trained; stage 2 frozen BN at OS8, lr 0.001, on train.
     ("voc_resnet101_os16", 16, (6, 12, 18), [2, 4, 8], (513, 513), 16, 0.007, 30000, False, "trainaug"),
     ("voc_resnet101_os8_finetune", 8, (12, 24, 36), [4, 8, 16], (513, 513), 16, 0.001, 30000, True, "train"),
     ("cityscapes_resnet101_os16", 16, (6, 12, 18), [2, 4, 8], (769, 769), 8, 0.01, 90000, False, "train"),

@@ -1,26 +1,26 @@
-"""Export parity (RELIABILITY.md): ONNX with dynamic N, H, W, TorchScript and torch.export match eager at sizes
-other than the trace size; the uint8 → labels graph gives eager's labels; files are written atomically and
-the ``deeplab export`` command refuses to overwrite and reports bad files in one line."""
+"""Export parity: ONNX with dynamic N, H, W, TorchScript and torch.export match eager at sizes other than the trace
+size; the uint8 → labels graph gives eager's labels; exported files carry the model card; files are written
+atomically; ONNX Runtime runs an exported file as a Predictor backend."""
 
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from deeplab import cli
-from deeplab.checkpoint import save_model
-from deeplab.cli import export as export_command
-from deeplab.export import (DEFAULT_PARITY_SIZES, DEFAULT_SAMPLE_SIZE, MissingDependencyError, OnnxRuntimeModel,
-                            check_parity, export_onnx, export_program, export_torchscript, load_exported)
-from deeplab.inference import IMAGENET, Normalization, Predictor
+from conftest import randomise_bn_stats
+from deeplab.data.normalization import IMAGENET, Normalization
+from deeplab.export import (DEFAULT_PARITY_SIZES, DEFAULT_SAMPLE_SIZE, check_parity, export_onnx, export_program,
+                            export_torchscript)
+from deeplab.inference import Predictor
+from deeplab.inference.backends import OnnxRuntimeModel, load_exported
 from deeplab.models import DeepLab, deeplabv3, deeplabv3plus
+from deeplab.utils.optional import MissingDependencyError
+from deeplab.weights.card import ModelCard
 
 HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs the export extras: pip install 'deeplab[export]'")
@@ -34,26 +34,16 @@ MODELS = {
 }
 
 
-def _trained_looking(model: DeepLab) -> DeepLab:
-    """Random batch-norm statistics, so a graph exported in training mode (batch statistics) would differ."""
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def model(request: pytest.FixtureRequest) -> DeepLab:
     torch.manual_seed(0)
-    return _trained_looking(MODELS[request.param]())
+    return randomise_bn_stats(MODELS[request.param](), seed=0)
 
 
 @pytest.fixture(scope="module")
 def mobile() -> DeepLab:
     torch.manual_seed(1)
-    return _trained_looking(MODELS["v3_mobilenet_v2_w05"]())
+    return randomise_bn_stats(MODELS["v3_mobilenet_v2_w05"](), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +93,11 @@ def test_torch_export_dynamic_height_and_width(model: DeepLab) -> None:
 def test_uint8_graph_gives_eager_labels(mobile: DeepLab, tmp_path: Path) -> None:
     model = mobile
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    path = export_onnx(model, tmp_path / "labels.onnx", include_preprocessing=True, mean=mean, std=std,
-                       layout="NHWC")
+    card = ModelCard(model.config, [f"c{i}" for i in range(5)], Normalization(mean, std))
+    path = export_onnx(model, tmp_path / "labels.onnx", card=card, include_preprocessing=True, layout="NHWC")
     session = OnnxRuntimeModel(path)
-    assert session.input_type == "tensor(uint8)" and session.info["output"] == "labels"
+    assert session.input_type == "tensor(uint8)" and session.header["output"] == "labels"
+    assert session.card == card and session.header["kind"] == "export"
     images = np.random.default_rng(0).integers(0, 256, (2, *ODD, 3), dtype=np.uint8)
     labels = session.run(images)
     assert labels.dtype == np.int64 and labels.shape == (2, *ODD)
@@ -187,93 +178,3 @@ def test_dynamo_onnx_exporter(mobile: DeepLab, tmp_path: Path) -> None:
     path = export_onnx(mobile, tmp_path / "dynamo.onnx", exporter="dynamo", opset=18)
     parity = check_parity(mobile, path, [ODD, SQUARE])
     assert max(parity.values()) < TOLERANCE, parity
-
-
-# --- the command line ------------------------------------------------------------------------------------
-
-@pytest.fixture
-def main(monkeypatch: pytest.MonkeyPatch):
-    """``deeplab.cli.main``, with the export subcommand registered."""
-    assert export_command in cli.SUBCOMMANDS
-    return cli.main
-
-
-@pytest.fixture(scope="module")
-def model_file(mobile: DeepLab, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    metadata = {"classes": [f"c{i}" for i in range(5)], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
-    return save_model(mobile, tmp_path_factory.mktemp("weights") / "mobile.safetensors", metadata=metadata)
-
-
-@needs_onnx
-def test_cli_exports_and_checks_parity(main, model_file: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    output = tmp_path / "out dir" / "model.onnx"  # a space, and a folder that does not exist yet
-    assert main(["export", "--weights", str(model_file), "--format", "onnx", "--output", str(output),
-                 "--include-preprocessing"]) == 0
-    printed = capsys.readouterr().out
-    assert "ONNX opset 17" in printed and "labels out" in printed and printed.rstrip().endswith("ok")
-    info = OnnxRuntimeModel(output).info
-    assert info["normalization"]["mean"] == [0.5, 0.5, 0.5] and info["metadata"]["classes"][0] == "c0"
-    assert main(["export", "--model", "deeplabv3_mobilenet_v2", "--num-classes", "3", "--format", "onnx",
-                 "--output", str(output.with_name("untrained.onnx"))]) == 0
-    assert "untrained deeplabv3_mobilenet_v2" in capsys.readouterr().out
-
-
-def test_cli_refuses_to_overwrite_without_force(main, model_file: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    output = tmp_path / "model.pt"
-    output.write_bytes(b"keep me")
-    args = ["export", "--weights", str(model_file), "--format", "torchscript", "--output", str(output)]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(output) in err and "--force" in err
-    assert output.read_bytes() == b"keep me"
-    assert main([*args, "--force"]) == 0
-    assert output.read_bytes() != b"keep me"
-    assert "TorchScript" in capsys.readouterr().out
-
-
-def test_cli_unreadable_weights_is_one_line_naming_the_file(main, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "broken weights.pt"
-    bad.write_bytes(b"\x00not a checkpoint")
-    assert main(["export", "--weights", str(bad), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
-    assert not (tmp_path / "m.onnx").exists()
-    assert main(["export", "--weights", str(tmp_path / "missing.pt"), "--format", "onnx",
-                 "--output", str(tmp_path / "m.onnx")]) == 2
-    assert "missing.pt" in capsys.readouterr().err
-
-
-def test_cli_model_file_without_normalisation_needs_mean_and_std(main, mobile: DeepLab, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    bare = save_model(mobile, tmp_path / "bare.pt")
-    args = ["export", "--weights", str(bare), "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
-            "--include-preprocessing"]
-    assert main(args) == 2
-    assert "--mean R G B --std R G B" in capsys.readouterr().err
-
-
-def test_cli_parser_standalone() -> None:
-    """The subcommand plugs into any argparse parser (as cli/__init__ will register it)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="deeplab")
-    export_command.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["export", "--model", "deeplabv3_resnet18", "--format", "onnx", "--output", "x.onnx"])
-    assert args.run is export_command.run and args.opset is None and not args.force
-    result = subprocess.run([sys.executable, "-c", "import argparse; from deeplab.cli import export as e; "
-                             "p = argparse.ArgumentParser(); e.add_parser(p.add_subparsers()); "
-                             "p.parse_args(['export', '--format', 'onnx', '--output', 'x'])"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "--weights" in result.stderr  # one of --weights/--model is required
-
-
-def test_cli_without_onnx_installed_is_one_line(main, model_file: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the export extras were not installed
-    assert main(["export", "--weights", str(model_file), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "onnx is not installed" in err and "deeplab[export]" in err

@@ -241,3 +241,13 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     garbage.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pt"):
         load_mobilenet_v2_imagenet(MobileNetV2Backbone(), garbage)
+
+
+def test_multi_grid_is_refused_not_ignored() -> None:
+    """MobileNetV2's last stage has one unit: a grid would be silently meaningless, so it is refused."""
+    from deeplab.models import deeplabv3, deeplabv3plus
+
+    for build in (deeplabv3, deeplabv3plus):
+        with pytest.raises(ValueError, match=r"multi_grid=\(1, 2, 4\) is not supported by backbone 'mobilenet_v2'"):
+            build(backbone="mobilenet_v2", multi_grid=(1, 2, 4))
+        assert build(backbone="mobilenet_v2").config["multi_grid"] is None

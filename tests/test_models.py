@@ -185,11 +185,20 @@ def test_switch_output_stride_in_place(name: str) -> None:
     assert all(torch.equal(params[k], v) for k, v in model.state_dict().items())
 
 
-def test_switch_output_stride_updates_rates_and_config() -> None:
+def test_switch_output_stride_updates_rates_and_keeps_the_config() -> None:
+    """Switching changes what the model computes, never the config a model file records (how it was built)."""
     model = on_meta(deeplabv3, backbone="resnet50")
+    built = dict(model.config)
+    with model.at_output_stride(8):
+        assert model.aspp_rates == (12, 24, 36) and model.backbone.unit_dilations["layer4"] == [4, 8, 16]
+    assert model.output_stride == 16 and model.aspp_rates == (6, 12, 18)
+    assert model.backbone.unit_dilations["layer4"] == [2, 4, 8]
+    with pytest.raises(RuntimeError), model.at_output_stride(8):
+        raise RuntimeError("an error inside the block")
+    assert model.output_stride == 16 and model.aspp_rates == (6, 12, 18)  # restored on error too
     model.set_output_stride(8)
     assert model.aspp_rates == (12, 24, 36) and model.backbone.unit_dilations["layer4"] == [4, 8, 16]
-    assert model.config["output_stride"] == 8 and model.config["aspp_rates"] == [12, 24, 36]
+    assert model.config == built and model.config["output_stride"] == 16 and model.config["aspp_rates"] == [6, 12, 18]
     model.set_output_stride(32, aspp_rates=(2, 4, 6))
     assert model.aspp_rates == (2, 4, 6)
     with pytest.raises(ValueError, match=r"\(8, 16, 32\)"):

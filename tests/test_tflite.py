@@ -26,8 +26,10 @@ VOC = DATA / "voc2012_val_dev"
 pytestmark = pytest.mark.skipif(not TFLITE_FILE.is_file(), reason=f"{TFLITE_FILE} not found")
 tflite = pytest.importorskip("tflite")
 
+from deeplab.data.datasets import VOC_CLASSES  # noqa: E402
+from deeplab.data.normalization import SIGNED_UNIT  # noqa: E402
 from deeplab.weights.tflite import (  # noqa: E402  (after the skip: the module's parser needs tflite)
-    VOC_CLASSES, import_tflite, load_tflite, read_tflite_tensors, tflite_input, tflite_preprocessing)
+    import_tflite, import_tflite_file, load_tflite, read_tflite_tensors, tflite_input)
 
 # Written down from the file (see the module docstring of deeplab.weights.tflite), not from the importer.
 EXPECTED_OPS = {"CONV_2D": 38, "DEPTHWISE_CONV_2D": 17, "ADD": 10, "AVERAGE_POOL_2D": 1, "CONCATENATION": 1,
@@ -127,8 +129,9 @@ def test_config_and_metadata(imported):
     assert model.config["output_stride"] == 8 and model.config["aspp_rates"] == []
     assert model.config["align_corners"] is True and model.config["num_classes"] == 21
     assert model.backbone.stage_channels == [16, 8, 12, 16, 32, 48, 80, 160]  # TF: divisible_by=1 at x0.5
-    meta = tflite_preprocessing(TFLITE_FILE)
-    assert meta["classes"] == list(VOC_CLASSES) and meta["input_size"] == [257, 257]
+    _, card = import_tflite_file(TFLITE_FILE)
+    assert card.classes == tuple(VOC_CLASSES) and card.input_size == (257, 257)
+    assert card.normalization == SIGNED_UNIT and card.ignore_index == 255 and card.config == model.config
     image = np.array([[[0, 127, 255]]], dtype=np.uint8)
     assert torch.allclose(tflite_input(image).flatten(), torch.tensor([-1.0, 127 / 127.5 - 1, 1.0]))
 
@@ -239,16 +242,16 @@ def test_pixel_accuracy_on_real_voc_images(imported):
 
 def test_imported_model_survives_save_and_load(tmp_path) -> None:
     """The config records TF's channel rounding, so the file rebuilds the same 12-channel network."""
-    from deeplab.checkpoint import load_model, save_model
-    from deeplab.weights.tflite import load_tflite, tflite_preprocessing
+    from deeplab.weights.modelfile import load_model, save_model
 
     if not TFLITE_FILE.is_file():
         pytest.skip("tflite file absent")
-    model = load_tflite(TFLITE_FILE)
+    model, card = import_tflite_file(TFLITE_FILE)
     assert model.config["channel_divisor"] == 1
-    path = save_model(model, tmp_path / "mobile.safetensors", metadata=tflite_preprocessing(TFLITE_FILE))
+    path = save_model(model, tmp_path / "mobile.safetensors", card)
     loaded, metadata = load_model(path)
     image = torch.rand(1, 3, 65, 65) * 2 - 1
     with torch.no_grad():
         assert torch.equal(model.eval()(image), loaded.eval()(image))
-    assert metadata["classes"][15] == "person" and metadata["mean"] == [0.5, 0.5, 0.5]
+    assert metadata.classes[15] == "person" and metadata.normalization.mean == (0.5, 0.5, 0.5)
+    assert metadata == card

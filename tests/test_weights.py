@@ -1,4 +1,5 @@
-"""Weights: torchvision DeepLabV3 / ImageNet ResNet files, error messages, fine-tuning, our own model files.
+"""Weights of other people's files: torchvision DeepLabV3 / ImageNet ResNet / MobileNetV2 files, error messages,
+fine-tuning, pickles that must not run.
 
 The torchvision layout and forward pass are written out *here*, from torchvision's published module
 structure (``resnet.py``'s ``Bottleneck``/``BasicBlock``/``_make_layer``, ``segmentation/deeplabv3.py``'s
@@ -18,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deeplab.checkpoint import load_model, save_model
-from deeplab.models.builders import deeplabv3, deeplabv3plus
+from conftest import DATA, assert_one_line_naming, message_of
+from deeplab.models.builders import deeplabv3
 from deeplab.weights import (
     WeightsError,
     load_backbone_weights,
@@ -28,7 +29,7 @@ from deeplab.weights import (
     torchvision_deeplabv3_config,
 )
 
-MOBILENET_FILE = Path("/work/shared/data/weights/mobilenetv2_imagenet_features.pt")
+MOBILENET_FILE = DATA / "weights" / "mobilenetv2_imagenet_features.pt"
 TORCHVISION_PARAMS = {50: 42_004_074, 101: 60_996_202}  # torchvision's published deeplabv3_resnet50/101 counts
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 CLASS_LAYER_KEYS = {"classifier.4.weight", "classifier.4.bias", "aux_classifier.4.weight", "aux_classifier.4.bias"}
@@ -217,25 +218,6 @@ def torchvision_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)).item()
-
-
-def randomise_bn_stats(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial running statistics, so a save/load that lost the buffers would change the logits."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
-            module.running_var.uniform_(0.5, 1.5, generator=generator)
-
-
-def message_of(error: pytest.ExceptionInfo) -> str:
-    return str(error.value)
-
-
-def assert_one_line_naming(error: pytest.ExceptionInfo, path: Path) -> None:
-    text = message_of(error)
-    assert str(path) in text, text
-    assert "\n" not in text, text
 
 
 @pytest.fixture(scope="module")
@@ -470,93 +452,6 @@ def test_pickled_code_is_not_run(tmp_path):
 
     torch.load(path, weights_only=False)  # the control: unsafe unpickling runs the payload
     assert marker.exists()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 5. our own model files
-# ---------------------------------------------------------------------------------------------------------
-
-def small_models():
-    return {
-        "v3_resnet18": lambda: deeplabv3(backbone="resnet18", num_classes=5),
-        "v3plus_mobilenet": lambda: deeplabv3plus(backbone="mobilenet_v2", width_mult=0.5, num_classes=3),
-    }
-
-
-def eval_logits(model: torch.nn.Module) -> torch.Tensor:
-    x = torch.randn(2, 3, 49, 67, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        return model.eval()(x)
-
-
-@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-@pytest.mark.parametrize("name", ["v3_resnet18", "v3plus_mobilenet"])
-def test_save_load_roundtrip_is_bit_identical(tmp_path, name, suffix):
-    """save_model → load_model rebuilds the model from the file alone: identical logits, same metadata."""
-    torch.manual_seed(0)
-    model = small_models()[name]()
-    randomise_bn_stats(model, seed=1)
-    metadata = {"classes": [f"class_{i}" for i in range(model.config["num_classes"])],
-                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "ignore_index": 255}
-    path = save_model(model, tmp_path / f"model{suffix}", metadata=metadata)
-    torch.manual_seed(123)  # a different init: only the file can make the logits equal
-    loaded, meta = load_model(path)
-    assert meta == metadata
-    assert loaded.config == model.config
-    assert torch.equal(eval_logits(loaded), eval_logits(model))
-
-
-@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_output_stride_change_is_saved(tmp_path, suffix):
-    """``set_output_stride(8)`` before saving comes back: stride, ASPP rates, dilations and logits."""
-    torch.manual_seed(0)
-    model = deeplabv3(backbone="resnet18", num_classes=5)
-    randomise_bn_stats(model, seed=2)
-    model.set_output_stride(8)
-    path = save_model(model, tmp_path / f"os8{suffix}")
-    loaded, _ = load_model(path)
-    assert loaded.output_stride == 8
-    assert loaded.aspp_rates == model.aspp_rates == (12, 24, 36)
-    assert loaded.backbone.unit_dilations == model.backbone.unit_dilations
-    assert torch.equal(eval_logits(loaded), eval_logits(model))
-
-
-@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-@pytest.mark.parametrize("name", ["v3_resnet18", "v3plus_mobilenet"])
-def test_load_model_with_other_class_count(tmp_path, name, suffix):
-    """Another ``num_classes`` fails without ``finetune``; with it, all but the class layer is loaded."""
-    model = small_models()[name]()
-    path = save_model(model, tmp_path / f"model{suffix}")
-    with pytest.raises(WeightsError) as error:
-        load_model(path, num_classes=7)
-    assert_one_line_naming(error, path)
-    assert "finetune" in message_of(error)
-    loaded, _ = load_model(path, num_classes=7, finetune=True)
-    original, new = model.state_dict(), loaded.state_dict()
-    changed = {k for k in original if original[k].shape != new[k].shape}
-    assert changed and all(k.startswith("classifier.") for k in changed)
-    for key in set(original) - changed:
-        assert torch.equal(new[key], original[key]), key
-    assert eval_logits(loaded).shape[1] == 7
-
-
-def test_failed_save_leaves_previous_file_untouched(tmp_path, monkeypatch):
-    """A save that dies halfway leaves the previous file byte for byte and no temporary file behind."""
-    path = save_model(deeplabv3(backbone="resnet18", num_classes=5), tmp_path / "model.pt")
-    before = path.read_bytes()
-    real_save = torch.save
-
-    def dies_midway(obj, handle, *args, **kwargs):
-        real_save({"partial": torch.zeros(1000)}, handle)  # some bytes reach the file first
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", dies_midway)
-    with pytest.raises(OSError, match="disk full"):
-        save_model(deeplabv3(backbone="resnet18", num_classes=9), path)
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
-    monkeypatch.undo()
-    assert load_model(path)[0].config["num_classes"] == 5
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -183,3 +183,31 @@ def test_invalid_output_stride(model: Xception65Backbone, bad: object) -> None:
     with pytest.raises(ValueError, match=r"\(8, 16, 32\)"):
         model.set_output_stride(bad)  # type: ignore[arg-type]
     assert model.output_stride == 16
+
+
+@pytest.mark.parametrize("output_stride, rate", [(16, 2), (8, 4)])
+def test_multi_grid_sets_the_unit_rates_of_the_last_exit_block(output_stride: int, rate: int) -> None:
+    """As the authors' xception_65 applies multi_grid: the three separable convs of exit block2 run at
+    rate × (r1, r2, r3); every other block keeps its plain rate; the default grid is (1, 1, 1)."""
+    from deeplab.models import deeplabv3plus
+
+    plain = Xception65Backbone(output_stride=output_stride)
+    grid = Xception65Backbone(output_stride=output_stride, multi_grid=(1, 2, 4))
+
+    def rates(block) -> list[int]:
+        return [sep.depthwise.dilation[0] for sep in (block.sep1, block.sep2, block.sep3)]
+
+    assert rates(plain.exit_flow.block2) == [rate] * 3
+    assert rates(grid.exit_flow.block2) == [rate, 2 * rate, 4 * rate]
+    for name, blocks in stage_blocks(grid).items():
+        if name != "exit.block2":
+            assert [rates(b) for b in blocks] == [rates(b) for b in stage_blocks(plain)[name]], name
+    model = deeplabv3plus(backbone="xception65", num_classes=3, output_stride=output_stride, multi_grid=(1, 2, 4))
+    assert model.config["multi_grid"] == [1, 2, 4]
+    assert deeplabv3plus(backbone="xception65", num_classes=3).config["multi_grid"] == [1, 1, 1]
+    grid.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 65, 65, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(grid.eval()(x)["out"], plain.eval()(x)["out"])  # the grid changes the output
+    with pytest.raises(ValueError, match="3 positive integer rates"):
+        Xception65Backbone(multi_grid=(1, 2))

@@ -8,6 +8,7 @@ Model code never imports this module: ``model_kwargs(config)`` turns the config 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import types
 import typing
@@ -17,24 +18,44 @@ from typing import Any, Sequence
 
 import yaml
 
+from .data.normalization import IMAGENET
+from .models.builders import BUILDERS
+from .utils.files import atomic_write_bytes
+from .utils.plain import plain
+
 
 @dataclass
 class ModelConfig:
+    """Every builder argument (``deeplab.models.deeplabv3`` / ``deeplabv3plus``) but ``num_classes``, which the
+    dataset gives. ``None`` means "the builder's default" and is not passed; a value the chosen ``arch`` does
+    not take is refused (``model_kwargs``). The last three say where the weights start from."""
+
     arch: str = "deeplabv3"                  # deeplabv3 | deeplabv3plus
     backbone: str = "resnet101"
     output_stride: int = 16
-    multi_grid: tuple[int, ...] = (1, 2, 4)
-    extra_blocks: int = 0
+    multi_grid: tuple[int, ...] | None = None  # None: the backbone's default (ResNet (1, 2, 4))
+    extra_blocks: int | None = None          # deeplabv3: cascaded block5..7 (ResNet)
+    aspp: bool | None = None                 # deeplabv3: False is the cascaded model's plain classifier
     aspp_rates: tuple[int, ...] | None = None  # None: derived from the output stride; []: mobile ASPP
+    aspp_channels: int = 256
     image_pooling: bool = True
     separable_aspp: bool | None = None
     aspp_dropout: float = 0.1
+    head_conv: bool | None = None            # deeplabv3: torchvision's extra 3x3 conv
     aux_loss: bool = False
     width_mult: float = 1.0
+    channel_divisor: int = 8
+    first_unit_previous_dilation: bool | None = None  # deeplabv3: torchvision's dilation convention
     align_corners: bool = False
+    low_level_reduced: int | None = None     # deeplabv3plus: decoder
+    decoder_channels: int | None = None
+    separable_decoder: bool | None = None
     backbone_weights: str | None = None      # ImageNet weights file for the backbone
     init_weights: str | None = None          # a deeplab model file / checkpoint to start from
     finetune: bool = False                   # with init_weights: load all but the class layers
+
+
+WEIGHT_SOURCES = ("backbone_weights", "init_weights", "finetune")  # ModelConfig fields that are not builder arguments
 
 
 @dataclass
@@ -49,8 +70,8 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
     jitter: bool = False
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET.mean
+    std: tuple[float, float, float] = IMAGENET.std
     workers: int = 2
     skip_bad: bool = False
     classes: tuple[str, ...] = ()            # folder layout only
@@ -124,24 +145,27 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    return _plain(dataclasses.asdict(config))
+    return plain(dataclasses.asdict(config))
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    from .fileio import atomic_write_bytes
-
     atomic_write_bytes(path, yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
 
 
 def model_kwargs(model: ModelConfig, num_classes: int) -> dict[str, Any]:
-    """Builder arguments for ``deeplab.models.build_model`` (the one bridge from config to model code)."""
-    kwargs = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-              if f.name not in ("backbone_weights", "init_weights", "finetune")}
-    kwargs["num_classes"] = num_classes
-    if model.arch == "deeplabv3plus":
-        kwargs.pop("extra_blocks")
-    else:
-        kwargs.pop("separable_aspp") if model.separable_aspp is None else None
+    """Builder arguments for ``deeplab.models.build_model`` (the one bridge from config to model code): every
+    field that is set, checked against what the ``arch``'s builder takes."""
+    if model.arch not in BUILDERS:
+        raise ConfigError(f"model.arch: {model.arch!r} is not an architecture; valid: {', '.join(BUILDERS)}")
+    accepted = inspect.signature(BUILDERS[model.arch]).parameters
+    kwargs: dict[str, Any] = {"arch": model.arch, "num_classes": num_classes}
+    for f in dataclasses.fields(model):
+        value = getattr(model, f.name)
+        if f.name in WEIGHT_SOURCES or f.name == "arch" or value is None:
+            continue
+        if f.name not in accepted:
+            raise ConfigError(f"model.{f.name}={value!r} does not apply to {model.arch} (leave it unset)")
+        kwargs[f.name] = value
     return kwargs
 
 
@@ -209,11 +233,3 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

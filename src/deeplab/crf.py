@@ -1,4 +1,4 @@
-"""Fully connected CRF post-processing (DeepLab v1/v2's DenseCRF, SPEC §2.7) on predicted probabilities.
+"""Fully connected CRF post-processing (DeepLab v1/v2's DenseCRF) on predicted probabilities.
 
 Krähenbühl & Koltun's dense CRF with Gaussian edge potentials, run by mean-field inference:
 

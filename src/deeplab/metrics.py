@@ -1,6 +1,6 @@
 """Segmentation metrics from one confusion matrix accumulated over the whole dataset.
 
-Semantics (RELIABILITY.md "Metrics"): pixels labelled ``ignore_index`` are excluded; a class absent from
+Semantics: pixels labelled ``ignore_index`` are excluded; a class absent from
 both the ground truth and the predictions has IoU NaN and is left out of the mean; a class present in the
 ground truth but never predicted counts as 0. A label value ≥ ``num_classes`` that is not the ignore value
 is an error (reference implementations drop such pixels silently while the loss crashes on them).
@@ -39,12 +39,6 @@ class ConfusionMatrix:
         # One bincount over (t, p) pairs, as torchvision's reference does.
         self.matrix += torch.bincount(target * self.num_classes + prediction,
                                       minlength=self.num_classes ** 2).reshape(self.num_classes, self.num_classes)
-
-    def merge(self, other: "ConfusionMatrix") -> None:
-        self.matrix += other.matrix
-
-    def reset(self) -> None:
-        self.matrix.zero_()
 
     def iou(self) -> Tensor:
         """Per-class IoU (float64); NaN where the class is in neither ground truth nor predictions."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.backbones.base import VALID_OUTPUT_STRIDES
+
 
 def positive_int(text: str) -> int:
     try:
@@ -17,7 +19,7 @@ def positive_int(text: str) -> int:
 
 def scales(text: str) -> tuple[float, ...]:
     """``0.5,0.75,1`` → (0.5, 0.75, 1.0); ``paper`` → the paper's six scales."""
-    from ..inference import PAPER_SCALES
+    from ..inference.tta import PAPER_SCALES
 
     if text.strip() == "paper":
         return PAPER_SCALES
@@ -38,7 +40,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                         help="default: onnxruntime for .onnx files, torch otherwise")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None,
+    parser.add_argument("--output-stride", type=int, choices=VALID_OUTPUT_STRIDES, default=None,
                         help="run at this output stride (the paper trains at 16, evaluates at 8)")
     parser.add_argument("--scales", type=scales, default=(1.0,),
                         help="test-time scales, e.g. 0.75,1,1.25, or 'paper' for 0.5..1.75 (default 1)")
@@ -57,8 +59,8 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     """(Predictor, LoadedModel) from the shared model arguments."""
     import torch
 
-    from ..inference import Normalization, Predictor
-    from ..weights.auto import load_any
+    from ..inference.loading import load_any
+    from ..inference.predictor import Predictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,10 +70,9 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     if args.backend == "torch" and loaded.kind == "onnx":
         raise ValueError(f"{args.weights}: an .onnx file runs with --backend onnxruntime")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = Predictor(loaded.model, normalization=Normalization.from_metadata(loaded.metadata), device=device,
-                          output_stride=args.output_stride, scales=args.scales, flip=args.flip, tile=args.tile,
-                          batch_size=args.batch_size, class_names=loaded.metadata.get("classes"),
-                          backend=loaded.backend, return_probabilities=keep_probabilities or uses_crf(args))
+    predictor = Predictor.from_loaded(loaded, device=device, output_stride=args.output_stride, scales=args.scales,
+                                      flip=args.flip, tile=args.tile, batch_size=args.batch_size,
+                                      return_probabilities=keep_probabilities or uses_crf(args))
     return predictor, loaded
 
 

@@ -5,7 +5,7 @@
 
 Accepts what ``--weights`` accepts elsewhere except ONNX (a graph, not weights): the authors' ``.tflite``,
 a torchvision DeepLabV3 state dict, or a deeplab file (e.g. a training checkpoint → a small model file
-without the optimizer state). The output carries the config and metadata (classes, normalisation), so
+without the optimizer state). The output carries the model card (config, classes, normalisation), so
 ``deeplab predict -w OUT`` and ``load_model(OUT)`` need nothing else.
 """
 
@@ -24,8 +24,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model, save_model
-    from ..weights.auto import load_any
+    from ..inference.loading import load_any
+    from ..weights.modelfile import load_model, save_model
 
     if args.output.suffix not in (".safetensors", ".pt", ".pth"):
         raise ValueError(f"{args.output}: choose a .safetensors or .pt output")
@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_any(args.source)
     if loaded.model is None:
         raise ValueError(f"{args.source}: an exported {loaded.kind} graph holds no convertible weights")
-    save_model(loaded.model, args.output, metadata=loaded.metadata)
-    model, metadata = load_model(args.output)  # prove the file rebuilds on its own
+    save_model(loaded.model, args.output, loaded.card)
+    model, card = load_model(args.output)  # prove the file rebuilds on its own
     parameters = sum(p.numel() for p in model.parameters())
     print(f"{args.source} ({loaded.kind}) -> {args.output}: {model.config['arch']} {model.config['backbone']}, "
-          f"output stride {model.output_stride}, {len(metadata.get('classes', []))} classes, {parameters:,} parameters")
+          f"output stride {model.output_stride}, {card.num_classes} classes, {parameters:,} parameters")
     return 0

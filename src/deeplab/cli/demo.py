@@ -45,34 +45,30 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path} is missing: put {WHERE_TO_GET[name]} there "
                                 f"(or point --data at the folder that has it)")
     from ..data.datasets import voc_dataset
-    from ..evaluation import evaluate_dataset
-    from ..fileio import ensure_writable_dir
-    from ..inference import Normalization, Predictor
-    from ..visualize import colorize, overlay, side_by_side
-    from ..weights.tflite import load_tflite, tflite_preprocessing
+    from ..inference.evaluation import evaluate
+    from ..inference.loading import load_any
+    from ..inference.predictor import Predictor
+    from ..utils.files import ensure_writable_dir
+    from ..visualize import colorize, overlay, save_jpeg, side_by_side
 
     began = time.perf_counter()
     paths = required_files(args.data)
-    model = load_tflite(paths[TFLITE_NAME])
-    metadata = tflite_preprocessing(paths[TFLITE_NAME])
-    predictor = Predictor(model, normalization=Normalization.from_metadata(metadata),
-                          class_names=metadata["classes"], return_probabilities=False)
+    loaded = load_any(paths[TFLITE_NAME])
+    model, card = loaded.model, loaded.card
+    predictor = Predictor.from_loaded(loaded, return_probabilities=False)
     dataset = voc_dataset(paths[VOC_DEV], "val_dev.txt")
     palette = dataset.info.palette
     ensure_writable_dir(args.output)  # the demo's own folder: a re-run replaces its panels
 
     def write_panel(sample, labels) -> None:
-        from ..segment_files import save_jpeg
-
         truth = colorize(sample.label, palette)
         panel = side_by_side(sample.image, truth, overlay(sample.image, labels, palette, alpha=0.6))
         save_jpeg(panel, args.output / f"{sample.image_path.stem}.jpg")
 
     print(f"imported {paths[TFLITE_NAME].name}: DeepLabV3, MobileNetV2 x{model.config['width_mult']}, output "
           f"stride {model.output_stride}, ASPP rates {list(model.aspp_rates)} (mobile ASPP), "
-          f"{len(metadata['classes'])} VOC classes")
-    result = evaluate_dataset(predictor, dataset, limit=args.limit, progress=not args.no_progress,
-                              on_prediction=write_panel)
+          f"{card.num_classes} VOC classes")
+    result = evaluate(predictor, dataset, limit=args.limit, progress=not args.no_progress, on_prediction=write_panel)
     print(result.matrix.table(dataset.info.classes))
     print(f"mIoU {100 * result.matrix.miou:.2f} % on {result.images} VOC 2012 val images at native resolution "
           f"(the same file at its fixed 257x257 input: 52.9 %; the authors report 70.19 % on the full val set)")

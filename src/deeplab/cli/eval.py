@@ -43,13 +43,13 @@ def load_dataset(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_dataset
-    from ..fileio import atomic_write_bytes
+    from ..inference.evaluation import evaluate
+    from ..utils.files import atomic_write_bytes
 
     dataset = load_dataset(args)
     predictor, loaded = build_predictor(args)
-    result = evaluate_dataset(predictor, dataset, input_size=args.input_size, postprocess=crf_postprocess(args),
-                              limit=args.limit, progress=not args.no_progress)
+    result = evaluate(predictor, dataset, input_size=args.input_size, postprocess=crf_postprocess(args),
+                      limit=args.limit, progress=not args.no_progress)
     names = dataset.info.classes
     print(result.matrix.table(names))
     protocol = f"{args.input_size}x{args.input_size} resize" if args.input_size else "native resolution"
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                    **result.matrix.summary(names)}
         atomic_write_bytes(args.json, json.dumps(summary, indent=2).encode())
     if args.confusion_png:
-        from ..plots import plot_confusion_matrix
+        from ..visualize import plot_confusion_matrix
 
         plot_confusion_matrix(result.matrix.matrix.numpy(), names, args.confusion_png)
     return 0

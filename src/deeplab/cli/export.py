@@ -11,14 +11,11 @@ model at two sizes other than the trace size (batch 2); a mismatch exits 1.
 from __future__ import annotations
 
 import argparse
-import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..models.backbones.base import VALID_OUTPUT_STRIDES
 from .common import positive_int
-
-if TYPE_CHECKING:
-    from ..inference import Normalization
 
 # Largest accepted difference from eager: float logits/probabilities, and the fraction of differing labels
 # (ties between two classes may break either way after float rounding).
@@ -29,7 +26,8 @@ LABELS_TOLERANCE = 1e-4
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("export", help="export a model to ONNX or TorchScript and check parity")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", type=Path, help="a model file written by save_model (.safetensors/.pt)")
+    source.add_argument("--weights", type=Path, help="a model file: deeplab .safetensors/.pt or checkpoint, "
+                                                     "torchvision DeepLabV3 .pth, the authors' .tflite")
     source.add_argument("--model", help="an untrained named model (see `deeplab models`), e.g. for benchmarks")
     parser.add_argument("--num-classes", type=positive_int, default=21, help="classes of --model (default 21)")
     parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
@@ -45,9 +43,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-kind", choices=("labels", "logits", "probabilities"), default=None,
                         help="graph output (default: labels with --include-preprocessing, else logits)")
     parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                        help="normalisation mean on x/255 (default: the file's metadata, ImageNet for --model)")
+                        help="normalisation mean on x/255 (default: the model file's, ImageNet for --model)")
     parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std (as --mean)")
-    parser.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None,
+    parser.add_argument("--output-stride", type=int, choices=VALID_OUTPUT_STRIDES, default=None,
                         help="export at this output stride (the ASPP rates follow)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.set_defaults(run=run)
@@ -58,44 +56,41 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.output} exists; pass --force to replace it")
     if args.output.is_dir():
         raise IsADirectoryError(f"{args.output} is a directory; give a file name")
-    from ..export import MissingDependencyError
-
-    try:
-        return _export(args)
-    except MissingDependencyError as error:  # an ImportError, which the dispatcher does not print as one line
-        print(f"deeplab export: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _export(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("give both --mean and --std, or neither")
+    from ..data.normalization import Normalization
     from ..export import DEFAULT_OPSET, DYNAMO_MIN_OPSET, check_parity, export_onnx, export_torchscript
-    from ..inference import IMAGENET
     from ..models.builders import get_model
+    from ..weights.card import ModelCard
 
     if args.weights is not None:
-        model, metadata = load_model(args.weights)
-        source = str(args.weights)
+        from ..inference.loading import load_any
+
+        loaded = load_any(args.weights)
+        if loaded.model is None:
+            raise ValueError(f"{args.weights}: an exported {loaded.kind} graph cannot be exported again")
+        model, card, source = loaded.model, loaded.card, str(args.weights)
     else:
-        model, metadata, source = get_model(args.model, num_classes=args.num_classes), {}, f"untrained {args.model}"
-    if args.output_stride is not None:
-        model.set_output_stride(args.output_stride)
-    mean, std = _normalization(args, metadata, IMAGENET)
-    options = dict(include_preprocessing=args.include_preprocessing, output=args.output_kind, mean=mean, std=std,
-                   scale=float(metadata.get("scale", IMAGENET.scale)), layout=args.layout, metadata=metadata)
-    if args.format == "onnx":
-        opset = args.opset or (DYNAMO_MIN_OPSET if args.exporter == "dynamo" else DEFAULT_OPSET)
-        path = export_onnx(model, args.output, opset=opset, exporter=args.exporter, **options)
-        what = f"ONNX opset {opset}, {args.exporter} exporter"
-    else:
-        path = export_torchscript(model, args.output, **options)
-        what = "TorchScript (traced)"
-    kind = args.output_kind or ("labels" if args.include_preprocessing else "logits")
-    inputs = f"uint8 {'N×H×W×3' if args.layout == 'NHWC' else 'N×3×H×W'}" if args.include_preprocessing \
-        else "normalised float N×3×H×W"
-    print(f"wrote {path} from {source} ({what}; {inputs} in, {kind} out; "
-          f"{path.stat().st_size / 2**20:.1f} MiB)")
-    parity = check_parity(model, path)
+        model = get_model(args.model, num_classes=args.num_classes)
+        card, source = ModelCard.default(model.config), f"untrained {args.model}"
+    if args.mean is not None:
+        card = replace(card, normalization=Normalization(tuple(args.mean), tuple(args.std)))
+    options = dict(card=card, include_preprocessing=args.include_preprocessing, output=args.output_kind,
+                   layout=args.layout)
+    with model.at_output_stride(args.output_stride):
+        if args.format == "onnx":
+            opset = args.opset or (DYNAMO_MIN_OPSET if args.exporter == "dynamo" else DEFAULT_OPSET)
+            path = export_onnx(model, args.output, opset=opset, exporter=args.exporter, **options)
+            what = f"ONNX opset {opset}, {args.exporter} exporter"
+        else:
+            path = export_torchscript(model, args.output, **options)
+            what = "TorchScript (traced)"
+        kind = args.output_kind or ("labels" if args.include_preprocessing else "logits")
+        inputs = f"uint8 {'N×H×W×3' if args.layout == 'NHWC' else 'N×3×H×W'}" if args.include_preprocessing \
+            else "normalised float N×3×H×W"
+        print(f"wrote {path} from {source} ({what}; {inputs} in, {kind} out; "
+              f"{path.stat().st_size / 2**20:.1f} MiB)")
+        parity = check_parity(model, path)
     labels = kind == "labels"
     tolerance = LABELS_TOLERANCE if labels else LOGITS_TOLERANCE
     ok = all(value <= tolerance for value in parity.values())
@@ -104,18 +99,3 @@ def _export(args: argparse.Namespace) -> int:
     print("parity vs eager (batch 2): " + ", ".join(shown)
           + (" — ok" if ok else f" — FAILED (tolerance {tolerance:g}{' of pixels' if labels else ''})"))
     return 0 if ok else 1
-
-
-def _normalization(args: argparse.Namespace, metadata: dict,
-                   default: Normalization) -> tuple[list[float], list[float]]:
-    """--mean/--std, else the model file's, else (an untrained --model only) ImageNet's."""
-    if args.mean is not None and args.std is not None:
-        return args.mean, args.std
-    if (args.mean is None) != (args.std is None):
-        raise ValueError("give both --mean and --std, or neither")
-    if "mean" in metadata and "std" in metadata:
-        return list(metadata["mean"]), list(metadata["std"])
-    if args.include_preprocessing and args.weights is not None:
-        raise ValueError(f"{args.weights}: the model file's metadata has no mean/std; pass --mean R G B --std R G B "
-                         "to bake the normalisation into the graph")
-    return list(default.mean), list(default.std)

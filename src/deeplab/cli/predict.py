@@ -25,8 +25,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fileio import ensure_writable_dir
-    from ..segment_files import OutputOptions, expand_inputs, segment_files
+    from ..inference.segment_files import OutputOptions, expand_inputs, segment_files
+    from ..utils.files import ensure_writable_dir
 
     images, missing = expand_inputs(args.inputs)
     for path, message in missing:
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable_dir(args.output)
     predictor, loaded = build_predictor(args, keep_probabilities=args.probabilities)
     options = OutputOptions(probabilities=args.probabilities, areas=args.areas, overlay=not args.no_overlay,
-                            alpha=args.alpha, force=args.force, palette=loaded.metadata.get("palette"))
+                            alpha=args.alpha, force=args.force, palette=loaded.card.palette)
     report = segment_files(predictor, images, args.output, options, progress=not args.no_progress,
                            postprocess=crf_postprocess(args))
     for path, message in report.failed:

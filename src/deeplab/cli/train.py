@@ -29,7 +29,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..engine import TrainingDiverged
+    from ..training.engine import TrainingDiverged
     from ..training.runner import run_training
 
     config = load_config(args.config, args.overrides)

@@ -1,4 +1,4 @@
-"""The pre-flight dataset scan (RELIABILITY.md "Bad input"), run by ``deeplab check-data`` and before training.
+"""The pre-flight dataset scan, run by ``deeplab check-data`` and before training, so bad files fail in seconds.
 
 Every image and mask is read once, the way training will read it, and each problem is listed with its file:
 unreadable/truncated/0-byte/bomb files, RGB masks without a palette, image/mask size mismatches, label values
@@ -107,7 +107,7 @@ class ScanReport:
         return "\n".join(lines)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        from ..fileio import atomic_write_bytes
+        from ..utils.files import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode())
 
 

@@ -1,4 +1,4 @@
-"""Reading images and label maps the way a segmentation system must (RELIABILITY.md, "Bad input").
+"""Reading images and label maps the way a segmentation system must: every bad file refused with its name.
 
 - Pillow opens lazily, so ``open()`` proves nothing: we decode fully and report truncated files.
 - EXIF orientation is applied (PIL-based loaders usually ignore it, so labels end up rotated).

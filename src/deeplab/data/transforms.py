@@ -3,29 +3,26 @@
 Training (the paper's recipe): photometric jitter (optional) → random scale in [0.5, 2.0] → random left-right
 flip → normalise → random crop → tensors. Evaluation: normalise → tensors, at full resolution.
 
-- Masks are only ever resampled nearest-neighbour (STYLE.md #9): a label value never appears that was not
-  in the input.
+- Masks are only ever resampled nearest-neighbour: a label value never appears that was not in the input
+  (a bilinear resize would invent classes along every boundary).
 - Crops pad the label with the ignore value and the image with 0 *after* normalisation, i.e. with the mean
   pixel (the paper's "pad with mean"); that is why ``Normalize`` comes before ``RandomCrop``.
-- Randomness comes from torch's RNG: the global one by default, or a ``torch.Generator`` given to the
-  transform. The DataLoader seeds torch in every worker from its own base seed (drawn from the main
-  process's torch RNG, or the loader's ``generator``) at each epoch, so workers differ from one another,
-  every run with the same seed sees the same augmentations, and resuming needs only the torch RNG state
-  restored before the loader iterator is made. A numpy generator made at construction would instead be
-  copied identically into every worker. ``seed_worker`` also seeds numpy/random for third-party code.
+- Randomness comes from a ``torch.Generator`` given to the transforms (torch's global RNG when none is).
+  Training reseeds that generator before every sample from (seed, epoch, index) — see
+  ``deeplab.training.sampler.AugmentedDataset`` — so a sample's augmentation depends neither on the worker
+  that draws it nor on where a resumed run started.
 """
 
 from __future__ import annotations
 
-import random
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .normalization import IMAGENET, Normalization
+
 UINT8_MAX = 255.0
 
 Label = np.ndarray | None
@@ -49,7 +46,7 @@ def resize_nearest(label: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class Compose:
-    def __init__(self, transforms: Sequence[Callable]) -> None:
+    def __init__(self, transforms: list[Callable]) -> None:
         self.transforms = list(transforms)
 
     def __call__(self, image: np.ndarray, label: Label) -> Pair:
@@ -149,17 +146,16 @@ class PhotometricJitter:
 
 
 class Normalize:
-    """uint8 image → float32 ``(x / 255 - mean) / std`` (mean/std in 0..1 units, per channel)."""
+    """uint8 image → float32 ``(x / scale − mean) / std`` per channel (``Normalization.normalize_array``)."""
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
+    def __init__(self, normalization: Normalization = IMAGENET) -> None:
+        self.normalization = normalization
 
     def __call__(self, image: np.ndarray, label: Label) -> Pair:
-        return (image.astype(np.float32) / UINT8_MAX - self.mean) / self.std, label
+        return self.normalization.normalize_array(image), label
 
     def __repr__(self) -> str:
-        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+        return f"Normalize(mean={list(self.normalization.mean)}, std={list(self.normalization.std)})"
 
 
 class ToTensor:
@@ -176,27 +172,13 @@ class ToTensor:
 
 
 def train_transforms(crop_size: int | tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0),
-                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                     ignore_index: int = 255, jitter: bool = False,
+                     normalization: Normalization = IMAGENET, ignore_index: int = 255, jitter: bool = False,
                      generator: torch.Generator | None = None, flip: bool = True) -> Compose:
+    """The paper's augmentation: [jitter] → random scale → [flip] → normalise → random crop → tensors."""
     steps: list[Callable] = [PhotometricJitter(generator=generator)] if jitter else []
     steps.append(RandomScale(*scale_range, generator=generator))
     if flip:
         steps.append(RandomHorizontalFlip(generator=generator))
-    steps += [Normalize(mean, std), RandomCrop(crop_size, ignore_index, fill=0.0, generator=generator), ToTensor()]
+    steps += [Normalize(normalization), RandomCrop(crop_size, ignore_index, fill=0.0, generator=generator),
+              ToTensor()]
     return Compose(steps)
-
-
-def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Compose:
-    """Full resolution: normalise and convert only."""
-    return Compose([Normalize(mean, std), ToTensor()])
-
-
-def seed_worker(worker_id: int) -> None:
-    """``DataLoader(worker_init_fn=seed_worker)``: seed numpy and ``random`` from the worker's torch seed.
-
-    Our transforms draw from torch only; this keeps any numpy/random-based code in a worker reproducible too.
-    """
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)

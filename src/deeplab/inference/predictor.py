@@ -6,17 +6,21 @@ change what the image-pooling branch averages and so the predictions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .normalization import Normalization, _check_image
-from .tta import ForwardFn, _validate_tta, predict_logits
+from ..data.normalization import Normalization, check_image
+from .tta import ForwardFn, predict_probabilities, validate_tta
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
 
 
 @dataclass
@@ -48,9 +52,9 @@ class Predictor:
             moved to ``device`` and put in eval mode in place.
         normalization: how the uint8 pixels are normalised (``IMAGENET``, ``SIGNED_UNIT``, or the file's).
         device: where to run.
-        output_stride: switch the model's output stride in place (``model.set_output_stride``) — the paper's
-            train-at-16 / evaluate-at-8 protocol. The model is **left at this stride** afterwards (the
-            Predictor owns it for inference; call ``set_output_stride`` again to go back).
+        output_stride: run the model at this output stride (``model.at_output_stride`` around every call) —
+            the paper's train-at-16 / evaluate-at-8 protocol; the model is back at its own stride between
+            calls, and its config is never changed.
         scales, flip: multi-scale and left-right flip test-time augmentation (``PAPER_SCALES``, True for the
             paper's protocol); probabilities are averaged.
         tile, tile_overlap, window_batch_size: sliding-window inference for images larger than ``tile``.
@@ -87,7 +91,7 @@ class Predictor:
         align_corners: bool | None = None,
     ) -> None:
         if not isinstance(normalization, Normalization):
-            raise TypeError("normalization must be a deeplab.inference.Normalization, got "
+            raise TypeError("normalization must be a deeplab.data.normalization.Normalization, got "
                             f"{type(normalization).__name__}")
         if model is None and backend is None:
             raise ValueError("give a model, a backend callable, or both")
@@ -96,7 +100,7 @@ class Predictor:
         for name, value in (("batch_size", batch_size), ("window_batch_size", window_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.scales = _validate_tta(scales, tile, tile_overlap)
+        self.scales = validate_tta(scales, tile, tile_overlap)
         self.device = torch.device(device)
         self.normalization = normalization
         self.flip, self.tile, self.tile_overlap = bool(flip), tile, float(tile_overlap)
@@ -106,12 +110,14 @@ class Predictor:
         self.return_probabilities = bool(return_probabilities)
         self.model = model
         self.backend = backend
+        self.output_stride = output_stride
         if model is not None:
             if output_stride is not None:
-                if not hasattr(model, "set_output_stride"):
-                    raise ValueError(f"output_stride={output_stride} needs a model with set_output_stride "
+                if not hasattr(model, "at_output_stride"):
+                    raise ValueError(f"output_stride={output_stride} needs a model with at_output_stride "
                                      f"(a deeplab DeepLab), got {type(model).__name__}")
-                model.set_output_stride(output_stride)
+                with model.at_output_stride(output_stride):  # an invalid stride fails here, not at first use
+                    pass
             model.to(self.device)
             if self.channels_last:
                 model.to(memory_format=torch.channels_last)
@@ -124,19 +130,28 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> "Predictor":
-        """A Predictor for a ``deeplab.checkpoint.save_model`` file: the model is rebuilt from the file, the
-        normalisation and class names come from its metadata unless given in ``kwargs``."""
-        from ..checkpoint import load_model
+        """A Predictor for any model file ``deeplab.inference.load_any`` reads (deeplab model files and
+        checkpoints, torchvision DeepLabV3 files, the authors' ``.tflite``, exported ``.onnx``)."""
+        from .loading import load_any
 
-        model, metadata = load_model(path)
+        return cls.from_loaded(load_any(path), **kwargs)
+
+    @classmethod
+    def from_loaded(cls, loaded: "LoadedModel", **kwargs: Any) -> "Predictor":
+        """A Predictor for a loaded model file: its model or backend, with the normalisation and class names
+        of its card unless given in ``kwargs``."""
         if kwargs.get("normalization") is None:
-            try:
-                kwargs["normalization"] = Normalization.from_metadata(metadata)
-            except ValueError as error:
-                raise ValueError(f"{path}: {error}") from None
-        if kwargs.get("class_names") is None and metadata.get("classes"):
-            kwargs["class_names"] = metadata["classes"]
-        return cls(model, **kwargs)
+            kwargs["normalization"] = loaded.card.normalization
+        if kwargs.get("class_names") is None and loaded.card.classes:
+            kwargs["class_names"] = loaded.card.classes
+        if loaded.backend is not None:
+            kwargs.setdefault("backend", loaded.backend)
+        return cls(loaded.model, **kwargs)
+
+    def _stride(self) -> contextlib.AbstractContextManager:
+        if self.model is None or self.output_stride is None:
+            return contextlib.nullcontext()
+        return self.model.at_output_stride(self.output_stride)
 
     def _forward(self, x: Tensor) -> Any:
         if self.channels_last:
@@ -149,15 +164,16 @@ class Predictor:
     def predict_batch(self, images: np.ndarray | Sequence[np.ndarray]) -> Tensor:
         """Probabilities (N×C×H×W on ``device``) for equal-size images, with this Predictor's settings."""
         x = self.normalization.to_tensor(images, self.device)
-        return predict_logits(self._forward, x, scales=self.scales, flip=self.flip, tile=self.tile,
-                              tile_overlap=self.tile_overlap, align_corners=self.align_corners,
-                              window_batch_size=self.window_batch_size, amp=self.amp)
+        with self._stride():
+            return predict_probabilities(self._forward, x, scales=self.scales, flip=self.flip, tile=self.tile,
+                                         tile_overlap=self.tile_overlap, align_corners=self.align_corners,
+                                         window_batch_size=self.window_batch_size, amp=self.amp)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """One ``Prediction`` per H×W×3 uint8 image, in order. Sizes may differ: equal sizes are batched."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise ValueError("predict takes a sequence of images; wrap a single image in a list: predict([image])")
-        images = [_check_image(image, f"images[{i}]") for i, image in enumerate(images)]
+        images = [check_image(image, f"images[{i}]") for i, image in enumerate(images)]
         results: list[Prediction | None] = [None] * len(images)
         for indices in self._batches(images):
             probs = self.predict_batch([images[i] for i in indices])

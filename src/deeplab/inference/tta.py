@@ -1,8 +1,8 @@
-"""Class probabilities with the paper's test-time augmentation (SPEC §4) and sliding windows.
+"""Class probabilities with the paper's test-time augmentation and sliding windows.
 
-``predict_logits`` (alias ``predict_probabilities``) averages the softmax probabilities of every scaled
-(``PAPER_SCALES``) and left-right flipped pass at the input resolution, each pass optionally by sliding
-window (``sliding_window_probabilities``, ``tile``) for images too large to run whole.
+``predict_probabilities`` averages the softmax probabilities of every scaled (``PAPER_SCALES``) and left-right
+flipped pass at the input resolution, each pass optionally by sliding window (``sliding_window_probabilities``,
+``tile``) for images too large to run whole.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-"""The paper's multi-scale inference scales (§4, used with left-right flipping)."""
+"""The paper's multi-scale inference scales (used with left-right flipping)."""
 
 ForwardFn = Callable[[Tensor], Any]  # normalised N×3×H×W float → N×C×h×w logits (tensor or array)
 
@@ -41,7 +41,7 @@ def _logits(forward: ForwardFn, x: Tensor, amp: bool) -> Tensor:
     return out
 
 
-def _window_starts(size: int, tile: int, stride: int) -> list[int]:
+def window_starts(size: int, tile: int, stride: int) -> list[int]:
     """Window origins along one axis: the fewest windows whose step is at most ``stride``, spread evenly
     from 0 to ``size − tile`` (so no window nearly duplicates its neighbour at the end)."""
     if size <= tile:
@@ -69,8 +69,8 @@ def sliding_window_probabilities(forward: ForwardFn, x: Tensor, tile: int, *, ov
     padded_h, padded_w = max(height, tile), max(width, tile)
     if (padded_h, padded_w) != (height, width):
         x = F.pad(x, (0, padded_w - width, 0, padded_h - height))
-    origins = [(top, left) for top in _window_starts(padded_h, tile, stride)
-               for left in _window_starts(padded_w, tile, stride)]
+    origins = [(top, left) for top in window_starts(padded_h, tile, stride)
+               for left in window_starts(padded_w, tile, stride)]
     count = torch.zeros(1, 1, padded_h, padded_w, dtype=torch.float32, device=x.device)
     for top, left in origins:  # the weight map: how many windows cover each pixel
         count[..., top:top + tile, left:left + tile] += 1
@@ -88,7 +88,7 @@ def sliding_window_probabilities(forward: ForwardFn, x: Tensor, tile: int, *, ov
     return total[:, :, :height, :width] / count[:, :, :height, :width]
 
 
-def _validate_tta(scales: Sequence[float], tile: int | None, tile_overlap: float) -> tuple[float, ...]:
+def validate_tta(scales: Sequence[float], tile: int | None, tile_overlap: float) -> tuple[float, ...]:
     scales = tuple(float(s) for s in scales)
     if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
         raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
@@ -100,11 +100,11 @@ def _validate_tta(scales: Sequence[float], tile: int | None, tile_overlap: float
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module | ForwardFn, batch: Tensor, *, scales: Sequence[float] = (1.0,),
+def predict_probabilities(model: nn.Module | ForwardFn, batch: Tensor, *, scales: Sequence[float] = (1.0,),
                    flip: bool = False, tile: int | None = None, tile_overlap: float = 1 / 3,
                    align_corners: bool = False, window_batch_size: int = 4, amp: bool = False) -> Tensor:
     """Class **probabilities** (softmax) of a normalised N×3×H×W ``batch``, averaged over every scaled and
-    flipped pass (paper §4), at the input's H×W.
+    flipped pass (the paper's test-time protocol), at the input's H×W.
 
     For each scale ``s`` the batch is resized bilinearly to ``round(s·H) × round(s·W)`` (scale 1.0 is not
     resized at all), run (by sliding window when ``tile`` is set and the scaled image exceeds it), and the
@@ -123,7 +123,7 @@ def predict_logits(model: nn.Module | ForwardFn, batch: Tensor, *, scales: Seque
         raise ValueError(f"empty batch of shape {tuple(batch.shape)}")
     if not batch.is_floating_point():
         raise ValueError(f"expected a float tensor (normalise images with Normalization.to_tensor), got {batch.dtype}")
-    scales = _validate_tta(scales, tile, tile_overlap)
+    scales = validate_tta(scales, tile, tile_overlap)
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
         model.eval()
@@ -132,9 +132,6 @@ def predict_logits(model: nn.Module | ForwardFn, batch: Tensor, *, scales: Seque
     finally:
         if was_training:
             model.train()
-
-
-predict_probabilities = predict_logits  # the clearer name: the result is softmax probabilities
 
 
 def _tta(forward: ForwardFn, batch: Tensor, scales: tuple[float, ...], flip: bool, tile: int | None,

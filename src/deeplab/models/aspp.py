@@ -1,4 +1,4 @@
-"""Atrous Spatial Pyramid Pooling, DeepLabV3 version (paper §3.3, SPEC §2.4).
+"""Atrous Spatial Pyramid Pooling, DeepLabV3 version (paper §3.3).
 
 Parallel branches on the backbone's last feature map — a 1×1 conv, one 3×3 atrous conv per rate, and the
 image-level branch (global average pool → 1×1 conv → broadcast back) — each with BN + ReLU, concatenated

@@ -24,7 +24,7 @@ def deeplabv3(
     backbone: str = "resnet101",
     num_classes: int = 21,
     output_stride: int = 16,
-    multi_grid: Sequence[int] = (1, 2, 4),
+    multi_grid: Sequence[int] | None = None,
     extra_blocks: int = 0,
     aspp: bool = True,
     aspp_rates: Sequence[int] | None = None,
@@ -45,7 +45,9 @@ def deeplabv3(
         backbone: one of ``BACKBONES`` (resnet18/34/50/101/152, mobilenet_v2, xception65).
         num_classes: output channels of the classifier.
         output_stride: 8, 16 or 32 — input size / final feature size.
-        multi_grid: per-unit rate multipliers of block4 and the extra blocks (ResNet only).
+        multi_grid: per-unit rate multipliers of the last block: ResNet's block4 and extra blocks (default
+            the paper's (1, 2, 4)), Xception-65's last exit-flow block (default (1, 1, 1), as the authors'
+            code); ``None`` is the backbone's default. MobileNetV2 has no grid and refuses one.
         extra_blocks: 0..3 cascaded copies of block4 (block5..block7; ResNet only).
         aspp: False gives the paper's cascaded-model head (1×1 classifier on the backbone output).
         aspp_rates: 3×3 branch rates; ``None`` derives them from the output stride ((6, 12, 18) at OS16,
@@ -63,6 +65,7 @@ def deeplabv3(
     config = {"arch": "deeplabv3", **_locals_config(locals())}
     body = _backbone(backbone, output_stride, multi_grid, extra_blocks, first_unit_previous_dilation, width_mult,
                      channel_divisor)
+    config["multi_grid"] = _resolved_grid(body)
     _check_classes(num_classes)
     aspp_module = _aspp(body.channels("out"), output_stride, aspp_rates, aspp_channels, image_pooling,
                         separable_aspp, aspp_dropout) if aspp else None
@@ -78,7 +81,7 @@ def deeplabv3plus(
     backbone: str = "xception65",
     num_classes: int = 21,
     output_stride: int = 16,
-    multi_grid: Sequence[int] = (1, 2, 4),
+    multi_grid: Sequence[int] | None = None,
     aspp_rates: Sequence[int] | None = None,
     aspp_channels: int = 256,
     image_pooling: bool = True,
@@ -99,6 +102,7 @@ def deeplabv3plus(
     separable_decoder = backbone == "xception65" if separable_decoder is None else separable_decoder
     config = {"arch": "deeplabv3plus", **_locals_config(locals())}
     body = _backbone(backbone, output_stride, multi_grid, 0, False, width_mult, channel_divisor)
+    config["multi_grid"] = _resolved_grid(body)
     _check_classes(num_classes)
     aspp_module = _aspp(body.channels("out"), output_stride, aspp_rates, aspp_channels, image_pooling,
                         separable_aspp, aspp_dropout)
@@ -145,12 +149,18 @@ def _locals_config(arguments: dict[str, Any]) -> dict[str, Any]:
             if not k.startswith("_") and k != "config"}
 
 
+def _resolved_grid(body: nn.Module) -> list[int] | None:
+    """The grid the backbone applies (its default when none was given), so the config rebuilds it exactly."""
+    grid = getattr(body, "multi_grid", None)
+    return None if grid is None else list(grid)
+
+
 def _check_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
-def _backbone(name: str, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
+def _backbone(name: str, output_stride: int, multi_grid: Sequence[int] | None, extra_blocks: int,
               first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> nn.Module:
     return build_backbone(name, output_stride=output_stride, multi_grid=multi_grid, extra_blocks=extra_blocks,
                           first_unit_previous_dilation=first_unit_previous_dilation, width_mult=width_mult,

@@ -8,7 +8,8 @@ included. It returns a tensor (not torchvision's dict, which breaks tracing and 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,7 +51,11 @@ class DeepLab(nn.Module):
 
     def set_output_stride(self, output_stride: int, *, aspp_rates: Sequence[int] | None = None) -> None:
         """Switch the output stride in place with the same weights — the paper trains at OS16 and
-        evaluates at OS8 (+1.39 mIoU). The ASPP rates follow (×2 when the stride halves) unless given."""
+        evaluates at OS8 (+1.39 mIoU). The ASPP rates follow (×2 when the stride halves) unless given.
+
+        ``config`` is not touched: it records how the model was built (and trained), which is what a model
+        file must rebuild; the stride it runs at now is ``output_stride``. Prefer ``at_output_stride``, which
+        switches back afterwards."""
         check_output_stride(output_stride)
         aspp = self.classifier.aspp
         if aspp is not None:
@@ -58,10 +63,20 @@ class DeepLab(nn.Module):
                                                                              output_stride)
             aspp.set_rates(rates)
         self.backbone.set_output_stride(output_stride)
-        if self.config:
-            self.config["output_stride"] = output_stride
-            if aspp is not None:
-                self.config["aspp_rates"] = list(aspp.rates)
+
+    @contextlib.contextmanager
+    def at_output_stride(self, output_stride: int | None) -> Iterator["DeepLab"]:
+        """``with model.at_output_stride(8): ...`` runs the block at that stride and restores the previous one
+        (and its ASPP rates) afterwards, even on error; ``None`` leaves the stride as it is."""
+        if output_stride is None or output_stride == self.output_stride:
+            yield self
+            return
+        previous, rates = self.output_stride, self.aspp_rates
+        self.set_output_stride(output_stride)
+        try:
+            yield self
+        finally:
+            self.set_output_stride(previous, aspp_rates=rates)
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         size = x.shape[-2:]

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fileio import atomic_write_bytes
+from ..utils.files import atomic_write_bytes
 from ..metrics import ConfusionMatrix
-from ..plots import plot_confusion_matrix, plot_curves, read_metrics_csv, write_metrics_csv
+from ..visualize import plot_confusion_matrix, plot_curves
+from .metrics_csv import read_metrics_csv, write_metrics_csv
 
 PANELS = [["train loss"], ["lr"], ["val mIoU", "val pixel acc"]]
 

@@ -1,10 +1,10 @@
 """Resumable training checkpoints: a deeplab model file plus the training state.
 
-A checkpoint is a superset of ``deeplab.checkpoint.save_model``'s format — ``load_model(checkpoint)`` works
-for prediction and evaluation — with a ``training`` entry holding the optimizer, scheduler, scaler,
-iteration, best metric, the experiment config and every RNG state (Python, NumPy, torch, CUDA), all as plain
-containers and tensors so ``torch.load(weights_only=True)`` reads them. Writes are atomic; auto-resume picks
-the newest checkpoint that loads.
+A checkpoint is a model file (``deeplab.weights.modelfile``) — ``load_model(checkpoint)`` works for
+prediction and evaluation — with a ``training`` entry holding the optimizer, scheduler, scaler, iteration,
+best metric, the experiment config and every RNG state (Python, NumPy, torch, CUDA), all as plain containers
+and tensors so ``torch.load(weights_only=True)`` reads them. Writes are atomic and the payload's digest is
+checked on load; auto-resume picks the newest checkpoint that loads and verifies.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoint import FORMAT_VERSION, MODEL_FORMAT
-from ..fileio import atomic_torch_save
-from ..weights.io import WeightsError, read_file
+from ..models.deeplab import DeepLab
+from ..weights.card import ModelCard
+from ..weights.io import WeightsError
+from ..weights.modelfile import ModelFile, read_model_file, write_model_file
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -49,21 +49,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, model_config: dict[str, Any],
-                             metadata: dict[str, Any], training: dict[str, Any]) -> Path:
+def save_training_checkpoint(path: str | os.PathLike, *, model: DeepLab, card: ModelCard,
+                             training: dict[str, Any]) -> Path:
     """Write a checkpoint atomically; ``training`` holds optimizer/scheduler/scaler state dicts etc."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "code_version": __version__,
-               "config": model_config, "metadata": metadata, "state_dict": state,
-               "training": {**training, "rng": rng_state()}}
-    return atomic_torch_save(payload, path)
+    return write_model_file(path, model, card, training={**training, "rng": rng_state()})
 
 
-def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    payload = read_file(path)
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT or "training" not in payload:
+def load_training_checkpoint(path: str | os.PathLike) -> ModelFile:
+    file = read_model_file(path)
+    if file.training is None:
         raise WeightsError(f"{path}: not a deeplab training checkpoint (no training state to resume)")
-    return payload
+    return file
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -74,9 +70,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def latest_valid_checkpoint(run_dir: str | os.PathLike, log: Callable[[str], Any] | None = None
-                            ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads (a damaged one — e.g. from a disk failure — is passed over, and
-    reported through ``log``)."""
+                            ) -> tuple[Path, ModelFile] | None:
+    """The newest checkpoint that loads and matches its checksum (a damaged one — truncated by a kill, bytes
+    changed by a disk failure — is passed over, and reported through ``log``)."""
     for path in list_checkpoints(run_dir):
         try:
             return path, load_training_checkpoint(path)

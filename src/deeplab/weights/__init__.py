@@ -1,10 +1,12 @@
-"""Loading and importing weights: torchvision-layout checkpoints and third-party ImageNet files.
+"""Weights: the self-describing model-file format and every importer of other people's files.
 
-- ``load_torchvision(path)``: a torchvision ``deeplabv3_resnet50/101`` checkpoint → our model, strictly.
-- ``load_backbone_weights(model, path)``: ImageNet weights into the backbone (torchvision ResNet files
-  with ``fc.*``; the ``pytorch-mobilenet-v2`` / torchvision MobileNetV2 layouts).
-- ``load_weights(model, path, finetune=...)``: any state dict in our layout, with key/shape errors.
-- ``load_tflite(path)``: the authors' TFLite DeepLab models (``pip install 'deeplab[tflite]'``).
+- ``card.py``: ``ModelCard``, what a model file says about itself (config, classes, normalisation, ...).
+- ``modelfile.py``: ``save_model`` / ``load_model`` / ``read_model_file`` — deeplab model files and checkpoints.
+- ``io.py``: ``read_file`` (``weights_only=True``), ``load_weights`` with key/shape errors, ``WeightsError``.
+- ``torchvision.py``: a torchvision ``deeplabv3_resnet50/101`` checkpoint → our model; ImageNet ResNets.
+- ``mobilenet_imagenet.py``: ImageNet MobileNetV2 files (the ``pytorch-mobilenet-v2`` port layout).
+- ``tflite.py`` (+ ``tflite_graph.py``, ``tflite_head.py``): the authors' TFLite DeepLab models
+  (``pip install 'deeplab[tflite]'``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from torch import Tensor, nn
 
 from ..models.backbones.mobilenet import MobileNetV2Backbone
 from ..models.backbones.resnet import ResNetBackbone
+from .card import ModelCard
 from .io import LoadReport, WeightsError, load_weights, read_file, read_state_dict
 from .mobilenet_imagenet import convert_mobilenet_v2_imagenet, load_mobilenet_v2_imagenet
-from .tflite import load_tflite, read_tflite_tensors, tflite_preprocessing
+from .modelfile import load_model, read_model_file, save_model
+from .tflite import import_tflite_file, load_tflite, read_tflite_tensors, tflite_card
 from .torchvision import load_resnet_imagenet, load_torchvision, torchvision_deeplabv3_config
 
 
@@ -33,6 +37,7 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
                        "supported: ResNetBackbone, MobileNetV2Backbone")
 
 
-__all__ = ["LoadReport", "WeightsError", "convert_mobilenet_v2_imagenet", "load_backbone_weights",
-           "load_mobilenet_v2_imagenet", "load_resnet_imagenet", "load_tflite", "read_tflite_tensors", "tflite_preprocessing", "load_torchvision", "load_weights", "read_file",
-           "read_state_dict", "torchvision_deeplabv3_config"]
+__all__ = ["LoadReport", "ModelCard", "WeightsError", "convert_mobilenet_v2_imagenet", "import_tflite_file",
+           "load_backbone_weights", "load_mobilenet_v2_imagenet", "load_model", "load_resnet_imagenet",
+           "load_tflite", "load_torchvision", "load_weights", "read_file", "read_model_file", "read_state_dict",
+           "read_tflite_tensors", "save_model", "tflite_card", "torchvision_deeplabv3_config"]

@@ -18,9 +18,9 @@ running mean 0, running variance 1 − eps so that √(var + eps) = 1, bias = th
 therefore computes exactly the TF function in eval mode; fine-tuning it with BN in train mode would not
 (batch statistics replace the folded ones), so freeze BN (``model.eval()`` on BN layers) to fine-tune.
 
-The graph carries no metadata ("TOCO Converted."): inputs are already normalised (x/127.5 − 1, i.e.
-mean 0.5 / std 0.5 on [0, 1] images, the repo's metadata convention) and the class names are VOC's —
-``tflite_preprocessing()`` gives both, plus the graph's input size, as ``save_model`` metadata.
+The graph carries no metadata ("TOCO Converted."): inputs are normalised x/127.5 − 1 (``SIGNED_UNIT``: mean
+0.5 / std 0.5 on [0, 1] images) and the class names are VOC's — ``tflite_card()`` says both, plus the graph's
+input size, in the model's ``ModelCard``.
 
 Channel counts: TF DeepLab builds MobileNetV2 with ``divisible_by=1`` when the depth multiplier is not 1,
 so ×0.5 has a 12-channel stage where torchvision's rounding (ours) gives 16 — see ``_build``.
@@ -33,7 +33,7 @@ Parsing the flatbuffer is in ``tflite_graph.py`` (it uses the pure-Python ``tfli
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,22 +41,18 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..data.datasets import VOC_CLASSES
+from ..data.normalization import SIGNED_UNIT
 from ..models.aspp import ASPPPooling
 from ..models.backbones import mobilenet
 from ..models.backbones.mobilenet import InvertedResidual
 from ..models.builders import deeplabv3
 from ..models.deeplab import DeepLab
+from .card import ModelCard
 from .io import WeightsError
 from .tflite_graph import CONV_OPS, TFLiteGraph, TFLiteOp, _error, read_tflite_tensors
-from .tflite_graph import POOL_OPS, RESIZE_OPS  # noqa: F401  (re-exported: public here before the split)
 from .tflite_head import _find_head, _Head
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
-# x/127.5 − 1 on 0..255 pixels is (x/255 − 0.5)/0.5: mean/std 0.5 in the [0, 1] convention of our metadata.
-TFLITE_MEAN = (0.5, 0.5, 0.5)
-TFLITE_STD = (0.5, 0.5, 0.5)
 # MobileNetV2 depth multipliers of the TF model zoo; the one whose layer shapes match the graph is used.
 WIDTH_CANDIDATES = (0.5, 0.35, 0.75, 1.0, 1.3, 1.4)
 
@@ -147,60 +143,13 @@ def _assign(graph: TFLiteGraph, op: TFLiteOp, slot: _Slot, in_order: list[slice]
 
 def import_tflite(graph: TFLiteGraph) -> tuple[DeepLab, list[tuple[int, str]]]:
     """Build our model for ``graph`` and load it; also return ``[(op index, our conv module name)]``."""
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise WeightsError(f"{graph.path}: expected one input and one output, got {graph.inputs} → {graph.outputs}")
-    input_shape = graph.shapes[graph.inputs[0]]
-    if len(input_shape) != 4 or input_shape[3] != 3:
-        raise WeightsError(f"{graph.path}: input {graph.inputs[0]!r} has shape {list(input_shape)}, "
-                           "expected NHWC RGB")
+    _check_io(graph)
     head = _find_head(graph)
     head_ids = {id(op) for op in (*head.branches, head.project, head.logits)}
     body_ops = [op for op in graph.ops if op.type in CONV_OPS and id(op) not in head_ids]
-    strided = sum(op.options["stride"] != (1, 1) for op in body_ops)
-    output_stride = 2 ** strided
-    if output_stride not in (8, 16, 32):
-        raise WeightsError(f"{graph.path}: backbone has {strided} strided convs (output stride {output_stride})")
-
-    config = dict(backbone="mobilenet_v2", num_classes=graph.shapes[head.logits.inputs[1]][0],
-                  output_stride=output_stride, aspp_rates=(), aspp_channels=graph.shapes[head.project.inputs[1]][0],
-                  image_pooling=head.pooling is not None, align_corners=head.align_corners)
-    # The depth multiplier is not stored: take the model-zoo value whose backbone shapes match the graph.
-    body_shapes = [tuple(_tf_to_torch(op, graph.constants[op.inputs[1]]).shape) for op in body_ops
-                   if op.inputs[1] in graph.constants]
-    model = None
-    for width in WIDTH_CANDIDATES:
-        candidate = _build(width, config)
-        if body_shapes == [tuple(s.conv.weight.shape) for s in _conv_slots(candidate.backbone, "")]:
-            model = candidate
-            break
-    if model is None:  # build from the stem's width anyway so that the per-op checks name the mismatch
-        model = _build(_stem_width(graph, body_ops), config)
-    model.eval()
-
-    body_slots = _conv_slots(model.backbone, "backbone")
-    pairs = list(zip(body_ops, body_slots))
-    if len(body_ops) != len(body_slots):
-        extra = body_ops[len(body_slots)] if len(body_ops) > len(body_slots) else None
-        raise WeightsError(f"{graph.path}: graph has {len(body_ops)} backbone convs, our MobileNetV2 has "
-                           f"{len(body_slots)}" + (f"; first unmapped: {extra.describe(extra.inputs[1])}" if extra
-                                                   else f"; first unmatched: {body_slots[len(body_ops)].name}"))
-    aspp = model.classifier.aspp
-    branch_of = {id(op): 0 for op in head.branches if op is not head.pooling}  # convs.0: the 1x1 branch
-    if head.pooling is not None:
-        branch_of[id(head.pooling)] = next(i for i, b in enumerate(aspp.convs) if isinstance(b, ASPPPooling))
-    ours = sorted(head.branches, key=lambda op: branch_of[id(op)])
-    for op in ours:
-        branch = aspp.convs[branch_of[id(op)]]
-        pairs.append((op, _conv_slots(branch, f"classifier.0.convs.{branch_of[id(op)]}")[0]))
-    # The projection reads our concat order; take its input-channel blocks from where TF put each branch.
-    offsets, start = {}, 0
-    for op in head.branches:
-        channels = graph.shapes[op.outputs[0]][3]
-        offsets[id(op)], start = slice(start, start + channels), start + channels
-    in_order = [offsets[id(op)] for op in ours]
-    pairs += [(head.project, _conv_slots(aspp.project, "classifier.0.project")[0]),
-              (head.logits, _conv_slots(model.classifier, "classifier")[-1])]
-
+    model = _build_matching(graph, head, body_ops).eval()
+    pairs = _backbone_pairs(graph, model, body_ops) + _head_pairs(graph, model, head)
+    in_order = _projection_order(graph, model, head)
     for op, slot in pairs:
         _assign(graph, op, slot, in_order if op is head.project else None)
     all_convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -208,6 +157,73 @@ def import_tflite(graph: TFLiteGraph) -> tuple[DeepLab, list[tuple[int, str]]]:
         raise WeightsError(f"{graph.path}: mapped {len(pairs)} convs, model has {len(all_convs)}")
     _check_rest(graph, model, pairs, head)
     return model, [(op.index, slot.name) for op, slot in pairs]
+
+
+def _check_io(graph: TFLiteGraph) -> None:
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise WeightsError(f"{graph.path}: expected one input and one output, got {graph.inputs} → {graph.outputs}")
+    input_shape = graph.shapes[graph.inputs[0]]
+    if len(input_shape) != 4 or input_shape[3] != 3:
+        raise WeightsError(f"{graph.path}: input {graph.inputs[0]!r} has shape {list(input_shape)}, "
+                           "expected NHWC RGB")
+
+
+def _build_matching(graph: TFLiteGraph, head: _Head, body_ops: list[TFLiteOp]) -> DeepLab:
+    """Our model with the graph's output stride, head and — since the depth multiplier is not stored — the
+    model-zoo width whose backbone shapes match the graph's."""
+    strided = sum(op.options["stride"] != (1, 1) for op in body_ops)
+    output_stride = 2 ** strided
+    if output_stride not in (8, 16, 32):
+        raise WeightsError(f"{graph.path}: backbone has {strided} strided convs (output stride {output_stride})")
+    config = dict(backbone="mobilenet_v2", num_classes=graph.shapes[head.logits.inputs[1]][0],
+                  output_stride=output_stride, aspp_rates=(), aspp_channels=graph.shapes[head.project.inputs[1]][0],
+                  image_pooling=head.pooling is not None, align_corners=head.align_corners)
+    body_shapes = [tuple(_tf_to_torch(op, graph.constants[op.inputs[1]]).shape) for op in body_ops
+                   if op.inputs[1] in graph.constants]
+    for width in WIDTH_CANDIDATES:
+        candidate = _build(width, config)
+        if body_shapes == [tuple(s.conv.weight.shape) for s in _conv_slots(candidate.backbone, "")]:
+            return candidate
+    return _build(_stem_width(graph, body_ops), config)  # so that the per-op checks name the mismatch
+
+
+def _backbone_pairs(graph: TFLiteGraph, model: DeepLab, body_ops: list[TFLiteOp]) -> list[tuple[TFLiteOp, _Slot]]:
+    """Backbone convs pair in execution order."""
+    body_slots = _conv_slots(model.backbone, "backbone")
+    if len(body_ops) != len(body_slots):
+        extra = body_ops[len(body_slots)] if len(body_ops) > len(body_slots) else None
+        raise WeightsError(f"{graph.path}: graph has {len(body_ops)} backbone convs, our MobileNetV2 has "
+                           f"{len(body_slots)}" + (f"; first unmapped: {extra.describe(extra.inputs[1])}" if extra
+                                                   else f"; first unmatched: {body_slots[len(body_ops)].name}"))
+    return list(zip(body_ops, body_slots))
+
+
+def _branch_index(model: DeepLab, head: _Head) -> dict[int, int]:
+    """{id(TF branch conv): index of our ASPP branch}: ``convs.0`` is the 1×1 branch, then image pooling."""
+    aspp = model.classifier.aspp
+    branch_of = {id(op): 0 for op in head.branches if op is not head.pooling}
+    if head.pooling is not None:
+        branch_of[id(head.pooling)] = next(i for i, b in enumerate(aspp.convs) if isinstance(b, ASPPPooling))
+    return branch_of
+
+
+def _head_pairs(graph: TFLiteGraph, model: DeepLab, head: _Head) -> list[tuple[TFLiteOp, _Slot]]:
+    aspp = model.classifier.aspp
+    branch_of = _branch_index(model, head)
+    pairs = [(op, _conv_slots(aspp.convs[branch_of[id(op)]], f"classifier.0.convs.{branch_of[id(op)]}")[0])
+             for op in sorted(head.branches, key=lambda op: branch_of[id(op)])]
+    return pairs + [(head.project, _conv_slots(aspp.project, "classifier.0.project")[0]),
+                    (head.logits, _conv_slots(model.classifier, "classifier")[-1])]
+
+
+def _projection_order(graph: TFLiteGraph, model: DeepLab, head: _Head) -> list[slice]:
+    """The projection reads our concat order; its input-channel blocks come from where TF put each branch."""
+    branch_of = _branch_index(model, head)
+    offsets, start = {}, 0
+    for op in head.branches:
+        channels = graph.shapes[op.outputs[0]][3]
+        offsets[id(op)], start = slice(start, start + channels), start + channels
+    return [offsets[id(op)] for op in sorted(head.branches, key=lambda op: branch_of[id(op)])]
 
 
 def _build(width: float, config: dict[str, Any]) -> DeepLab:
@@ -248,27 +264,25 @@ def _check_rest(graph: TFLiteGraph, model: DeepLab, pairs: list[tuple[TFLiteOp, 
         raise WeightsError(f"{graph.path}: graph has {adds} residual ADDs, our backbone {len(residual_projects)}")
 
 
+def import_tflite_file(path: str | os.PathLike) -> tuple[DeepLab, ModelCard]:
+    """Our ``DeepLab`` (eval mode) with the weights of a TF DeepLab ``.tflite`` file, and its card: VOC class
+    names (for 21 outputs), x/127.5 − 1 normalisation, VOC's ignore value 255, the graph's fixed input size.
+    The flatbuffer is parsed once."""
+    graph = read_tflite_tensors(path)
+    model = import_tflite(graph)[0]
+    return model, tflite_card(graph, model)
+
+
 def load_tflite(path: str | os.PathLike) -> DeepLab:
-    """Our ``DeepLab`` (eval mode, ``model.config`` set) with the weights of a TF DeepLab ``.tflite`` file.
-
-    Inputs are normalised x/127.5 − 1 (see ``tflite_preprocessing``); outputs are logits at input size.
-    """
-    return import_tflite(read_tflite_tensors(path))[0]
+    """The imported model alone (see ``import_tflite_file``); outputs are logits at input size."""
+    return import_tflite_file(path)[0]
 
 
-def tflite_preprocessing(source: str | os.PathLike | TFLiteGraph | None = None) -> dict[str, Any]:
-    """``save_model`` metadata for the imported model: ``classes``, ``mean``/``std`` (on [0, 1] images:
-    x/127.5 − 1 on 0..255 pixels), ``input_size`` (H, W) — read from the graph when given, else 257×257 —
-    and ``ignore_index`` 255 (VOC's boundary label)."""
-    size: tuple[int, ...] = (257, 257)
-    classes: list[str] = list(VOC_CLASSES)
-    if source is not None:
-        graph = source if isinstance(source, TFLiteGraph) else read_tflite_tensors(source)
-        size = graph.shapes[graph.inputs[0]][1:3]
-        num_classes = graph.shapes[graph.outputs[0]][-1]
-        classes = classes if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
-    return {"classes": classes, "mean": list(TFLITE_MEAN), "std": list(TFLITE_STD), "input_size": list(size),
-            "ignore_index": 255}
+def tflite_card(graph: TFLiteGraph, model: DeepLab) -> ModelCard:
+    """What the graph does not store but using it needs (the converter keeps no metadata)."""
+    classes = VOC_CLASSES if model.config["num_classes"] == len(VOC_CLASSES) else None
+    card = ModelCard.default(model.config, classes=classes, normalization=SIGNED_UNIT)
+    return replace(card, dataset="voc" if classes else None, input_size=graph.shapes[graph.inputs[0]][1:3])
 
 
 def tflite_input(image: Image.Image | np.ndarray, size: tuple[int, int] | None = None) -> Tensor:

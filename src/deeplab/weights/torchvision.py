@@ -31,20 +31,27 @@ def torchvision_deeplabv3_config(depth: int, num_classes: int = 21, aux_loss: bo
                 first_unit_previous_dilation=True)
 
 
+def is_torchvision_deeplabv3(payload: object) -> bool:
+    """Whether a loaded file is a torchvision ``deeplabv3_resnet*`` state dict (by its keys)."""
+    return isinstance(payload, Mapping) and "classifier.4.weight" in payload and "backbone.conv1.weight" in payload
+
+
 def load_torchvision(
-    source: str | os.PathLike | Mapping[str, Tensor], *, num_classes: int | None = None, finetune: bool = False
+    source: str | os.PathLike | Mapping[str, Tensor], *, num_classes: int | None = None, finetune: bool = False,
+    name: str | None = None,
 ) -> DeepLab:
     """Build torchvision's DeepLabV3 configuration for a torchvision checkpoint and load it strictly.
 
     The depth (50/101), class count and aux head are read from the file. Passing ``num_classes`` different
-    from the file's requires ``finetune=True``: everything but the class layers is loaded.
+    from the file's requires ``finetune=True``: everything but the class layers is loaded. ``name``: what
+    messages call an already read state dict (its path).
     """
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "state dict")
     state = read_state_dict(source)
     if "fc.weight" in state and "conv1.weight" in state:
         raise WeightsError(f"{name}: is an ImageNet ResNet classifier, not a DeepLabV3 checkpoint; "
                            "load it with deeplab.weights.load_backbone_weights(model, path)")
-    if "classifier.4.weight" not in state or "backbone.conv1.weight" not in state:
+    if not is_torchvision_deeplabv3(state):
         raise WeightsError(f"{name}: not a torchvision deeplabv3_resnet50/101 state dict "
                            "(expected keys backbone.conv1.weight and classifier.4.weight)")
     depth = _resnet_depth(state, "backbone.", name)

@@ -13,27 +13,34 @@ RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 10
 
 
 def _resnet(depth: int) -> Callable[..., Backbone]:
-    def build(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
+    def build(*, output_stride: int, multi_grid: Sequence[int] | None, extra_blocks: int,
               first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> Backbone:
         _only_default("width_mult", width_mult, 1.0, f"resnet{depth}")
         _only_default("channel_divisor", channel_divisor, 8, f"resnet{depth}")
-        return ResNetBackbone(depth=depth, output_stride=output_stride, multi_grid=multi_grid,
-                              extra_blocks=extra_blocks, first_unit_previous_dilation=first_unit_previous_dilation)
+        return ResNetBackbone(depth=depth, output_stride=output_stride, extra_blocks=extra_blocks,
+                              first_unit_previous_dilation=first_unit_previous_dilation,
+                              **({} if multi_grid is None else {"multi_grid": multi_grid}))
     return build
 
 
-def _mobilenet_v2(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
+def _mobilenet_v2(*, output_stride: int, multi_grid: Sequence[int] | None, extra_blocks: int,
                   first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> Backbone:
+    if multi_grid is not None:
+        raise ValueError(f"multi_grid={tuple(multi_grid)!r} is not supported by backbone 'mobilenet_v2': its "
+                         "last stage has one unit, so there is no grid of unit rates (leave multi_grid unset)")
     _only_default("extra_blocks", extra_blocks, 0, "mobilenet_v2")
+    _only_default("first_unit_previous_dilation", first_unit_previous_dilation, False, "mobilenet_v2")
     return MobileNetV2Backbone(output_stride=output_stride, width_mult=width_mult, channel_divisor=channel_divisor)
 
 
-def _xception65(*, output_stride: int, multi_grid: Sequence[int], extra_blocks: int,
+def _xception65(*, output_stride: int, multi_grid: Sequence[int] | None, extra_blocks: int,
                 first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> Backbone:
     _only_default("extra_blocks", extra_blocks, 0, "xception65")
     _only_default("width_mult", width_mult, 1.0, "xception65")
     _only_default("channel_divisor", channel_divisor, 8, "xception65")
-    return Xception65Backbone(output_stride=output_stride)
+    _only_default("first_unit_previous_dilation", first_unit_previous_dilation, False, "xception65")
+    return Xception65Backbone(output_stride=output_stride,
+                              **({} if multi_grid is None else {"multi_grid": multi_grid}))
 
 
 def _only_default(name: str, value: object, default: object, backbone: str) -> None:

@@ -26,6 +26,9 @@ STEM_STRIDE = 4  # conv1 (stride 2) + maxpool (stride 2)
 STAGE_STRIDES = (1, 2, 2, 2)
 STAGE_PLANES = (64, 128, 256, 512)
 EXTRA_BLOCK_UNITS = 3
+DEFAULT_MULTI_GRID = (1, 2, 4)  # the paper's best grid
+LOW_LEVEL_STAGE = 1  # layer1 ends at stride 4: the decoder's skip input
+AUX_STAGE = 3  # layer3: the auxiliary head's input
 
 
 class BasicBlock(nn.Module):
@@ -110,7 +113,7 @@ class ResNetBackbone(Backbone):
         *,
         depth: int = 50,
         output_stride: int = 16,
-        multi_grid: Sequence[int] = (1, 2, 4),
+        multi_grid: Sequence[int] = DEFAULT_MULTI_GRID,
         extra_blocks: int = 0,
         first_unit_previous_dilation: bool = False,
     ) -> None:
@@ -162,11 +165,13 @@ class ResNetBackbone(Backbone):
             for position, unit in enumerate(getattr(self, name)):
                 base = entry if position == 0 and self.first_unit_previous_dilation else dilation
                 unit.set_geometry(stride if position == 0 else 1, base * (grid[position] if grid else 1))
-        reduction_aux = min(16, output_stride)
-        self.feature_info = [
-            FeatureInfo("low_level", self.low_level_channels, STEM_STRIDE),
-            FeatureInfo("aux", self.aux_channels, reduction_aux),
-            FeatureInfo("out", self.out_channels, output_stride),
+        reductions = [STEM_STRIDE]
+        for plan in plans:
+            reductions.append(reductions[-1] * plan.stride)
+        self.feature_info = [  # reductions[i]: the stride after layer i (reductions[0]: the stem)
+            FeatureInfo("low_level", self.low_level_channels, reductions[LOW_LEVEL_STAGE]),
+            FeatureInfo("aux", self.aux_channels, reductions[AUX_STAGE]),
+            FeatureInfo("out", self.out_channels, reductions[-1]),
         ]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -174,9 +179,9 @@ class ResNetBackbone(Backbone):
         features = {}
         for name in self.stage_names:
             x = getattr(self, name)(x)
-            if name == "layer1":
+            if name == f"layer{LOW_LEVEL_STAGE}":
                 features["low_level"] = x
-            elif name == "layer3":
+            elif name == f"layer{AUX_STAGE}":
                 features["aux"] = x
         features["out"] = x
         return features

@@ -36,6 +36,7 @@ MIDDLE_BLOCKS = 16
 EXIT_CHANNELS = ((728, 1024, 1024), (1536, 1536, 2048))
 # Nominal strides of [entry block1, block2, block3, middle flow, exit block1, exit block2].
 STAGE_STRIDES = (2, 2, 2, 1, 2, 1)
+DEFAULT_MULTI_GRID = (1, 1, 1)  # the authors' default: no grid
 
 
 class SeparableConv2d(nn.Module):
@@ -84,11 +85,12 @@ class XceptionBlock(nn.Module):
         self.relu_in = nn.ReLU(inplace=False)
         self.relu = nn.ReLU(inplace=True)
 
-    def set_geometry(self, stride: int, dilation: int) -> None:
-        """Re-plan in place: all three depthwise convs at ``dilation``, the stride on sep3 and the skip."""
-        set_conv_geometry(self.sep1.depthwise, 1, dilation)
-        set_conv_geometry(self.sep2.depthwise, 1, dilation)
-        set_conv_geometry(self.sep3.depthwise, stride, dilation)
+    def set_geometry(self, stride: int, dilation: int, unit_rates: Sequence[int] = (1, 1, 1)) -> None:
+        """Re-plan in place: depthwise conv k at ``dilation × unit_rates[k]`` (the authors' ``unit_rate_list``,
+        which Multi-Grid sets for the last block), the stride on sep3 and the skip."""
+        set_conv_geometry(self.sep1.depthwise, 1, dilation * unit_rates[0])
+        set_conv_geometry(self.sep2.depthwise, 1, dilation * unit_rates[1])
+        set_conv_geometry(self.sep3.depthwise, stride, dilation * unit_rates[2])
         if self.skip_type == "conv":
             set_conv_geometry(self.skip, stride, 1)
 
@@ -105,11 +107,20 @@ class XceptionBlock(nn.Module):
 
 
 class Xception65Backbone(Backbone):
-    """Aligned Xception-65 with a configurable output stride (8, 16 or 32)."""
+    """Aligned Xception-65 with a configurable output stride (8, 16 or 32).
 
-    def __init__(self, *, output_stride: int = 16) -> None:
+    ``multi_grid`` gives the rates of the three separable convs of the last exit-flow block, multiplied by the
+    rate in force there — as the authors' ``xception_65`` applies its ``multi_grid`` argument.
+    """
+
+    def __init__(self, *, output_stride: int = 16, multi_grid: Sequence[int] = DEFAULT_MULTI_GRID) -> None:
         super().__init__()
         check_output_stride(output_stride)
+        grid = tuple(multi_grid)
+        if len(grid) != 3 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in grid):
+            raise ValueError(f"multi_grid must be 3 positive integer rates (one per separable conv of the last "
+                             f"exit-flow block of xception65), e.g. (1, 2, 4); got {multi_grid!r}")
+        self.multi_grid = grid
         entry: OrderedDict[str, nn.Module] = OrderedDict(
             conv1=nn.Conv2d(3, 32, 3, STEM_STRIDE, padding=1, bias=False),
             bn1=nn.BatchNorm2d(32),
@@ -141,12 +152,14 @@ class Xception65Backbone(Backbone):
         """Re-plan strides and dilations in place for a new output stride (same parameters)."""
         check_output_stride(output_stride)
         plans = plan_stages(STAGE_STRIDES, output_stride, stem_stride=STEM_STRIDE)
-        for plan, blocks in zip(plans, self._stages()):
+        stages = self._stages()
+        for index, (plan, blocks) in enumerate(zip(plans, stages)):
             # TF's stack_blocks_dense: the block giving up its stride still runs at the rate in force
             # before it (entry_dilation); the rate is multiplied only afterwards. For every other
             # block entry_dilation equals dilation, so one rule covers all.
+            grid = self.multi_grid if index == len(stages) - 1 else (1, 1, 1)
             for block in blocks:
-                block.set_geometry(plan.stride, plan.entry_dilation)
+                block.set_geometry(plan.stride, plan.entry_dilation, grid)
         self.output_stride = output_stride
         low_level = STEM_STRIDE * plans[0].stride
         aux = low_level * plans[1].stride * plans[2].stride * plans[3].stride

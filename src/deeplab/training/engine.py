@@ -1,0 +1,95 @@
+"""One training step (``train_one_step``: forward, loss over the whole step's labelled pixels, backward over
+accumulated micro-batches, optimiser and schedule step), the divergence check, and the wall-clock budget.
+
+The loop around it — data, resume, validation, checkpoints — is ``runner.py``; the evaluation it runs is
+``deeplab.inference.evaluate``, the same loop as ``deeplab eval``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..losses import SegmentationLoss
+from ..utils.distributed import DistInfo, all_reduce_sum
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf: the run stops with step, loss and lr; the last good checkpoint is kept."""
+
+
+@dataclass
+class StepResult:
+    loss: float
+    lr: float
+    images: int
+
+
+def step_normaliser(loss_fn: SegmentationLoss, labels: Sequence[Tensor], info: DistInfo) -> Tensor:
+    """The loss denominator that makes one step the mean over every labelled pixel of the global batch.
+
+    DDP averages gradients over ranks, so each rank divides by the global normaliser / world size; micro-batches
+    of gradient accumulation share it. Then 2 ranks × 1 image, 1 rank × 2 micro-batches and 1 × 2 images give
+    the same gradient even when the crops hold different numbers of ignore pixels."""
+    local = torch.stack([loss_fn.normaliser(label) for label in labels]).sum().double()
+    return (all_reduce_sum(local, info) / info.world_size).float()
+
+
+def train_one_step(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss_fn: SegmentationLoss,
+                   optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
+                   device: torch.device, *, amp: bool, iteration: int, info: DistInfo = DistInfo()) -> StepResult:
+    """One optimiser step over ``len(batches)`` accumulated micro-batches. ``iteration``: steps done before
+    this one (messages count steps from 1, as metrics.csv and checkpoint names do). Under DDP every rank must
+    call it (the loss normaliser is summed across ranks)."""
+    optimizer.zero_grad(set_to_none=True)
+    batches = [(image.to(device, non_blocking=True), label.to(device, non_blocking=True))
+               for image, label in batches]
+    denominator = step_normaliser(loss_fn, [label for _, label in batches], info)
+    total, images = 0.0, 0
+    for micro, (image, label) in enumerate(batches):
+        sync = contextlib.nullcontext()
+        if isinstance(model, DistributedDataParallel) and micro < len(batches) - 1:
+            sync = model.no_sync()  # all-reduce gradients once per step, not per micro-batch
+        with sync, torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = loss_fn(model(image), label, denominator)
+        if not torch.isfinite(loss):
+            lr = optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(f"loss is {loss.item()} at step {iteration + 1} (lr {lr:.3g}); stopping without "
+                                   "overwriting the last good checkpoint — lower train.lr or check the data")
+        with sync:
+            (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.item()
+        images += image.shape[0]
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return StepResult(total, lr, images)
+
+
+class Stopwatch:
+    """Wall-clock budget for ``train.time_budget_minutes`` (resumed runs count their earlier time)."""
+
+    def __init__(self, budget_minutes: float | None, already_spent: float = 0.0) -> None:
+        self.start = time.monotonic() - already_spent
+        self.budget = None if budget_minutes is None else budget_minutes * 60
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def expired(self) -> bool:
+        return self.budget is not None and self.elapsed >= self.budget
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
