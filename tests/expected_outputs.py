@@ -2,7 +2,7 @@
 its logits on a seeded input committed as JSON (< 50 KB). Regenerate only on purpose, after a change that
 is meant to alter outputs:
 
-    python tests/expected_outputs.py
+    python tests/expected_outputs.py [family ...]   # default: every family
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
                                                    num_classes=2, output_stride=8, aspp_rates=()),
     "deeplabv3plus_xception65": dict(arch="deeplabv3plus", backbone="xception65", num_classes=2),
     "deeplabv3plus_resnet34_os8": dict(arch="deeplabv3plus", backbone="resnet34", num_classes=2, output_stride=8),
+    "deeplabv1_vgg16": dict(arch="deeplabv1", backbone="vgg16", num_classes=2),
+    "deeplabv2_resnet18_aspp_l": dict(arch="deeplabv2", backbone="resnet18", num_classes=2),
+    "deeplabv3_mobilenet_v3_large": dict(arch="deeplabv3", backbone="mobilenet_v3_large", num_classes=2),
+    "deeplabv3_resnet18_block5_os64": dict(arch="deeplabv3", backbone="resnet18", num_classes=2, extra_blocks=1,
+                                           aspp=False, output_stride=64),
 }
 
 
@@ -47,9 +52,10 @@ def load(name: str) -> torch.Tensor:
     return torch.tensor(data["logits"], dtype=torch.float32).reshape(data["shape"])
 
 
-def regenerate() -> None:
+def regenerate(names: list[str] | None = None) -> None:
+    """Write the expected logits of ``names`` (default: every family)."""
     EXPECTED_DIR.mkdir(exist_ok=True)
-    for name in FAMILIES:
+    for name in names or FAMILIES:
         logits = compute(name)
         values = [float(f"{v:.7g}") for v in logits.flatten().tolist()]
         path_for(name).write_text(json.dumps({"shape": list(logits.shape), "logits": values}))
@@ -58,4 +64,4 @@ def regenerate() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    regenerate()
+    regenerate(sys.argv[1:])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import expected_outputs
+from conftest import applied_dilations
 from deeplab.models import ASPP, aspp_rates_for, build_model, deeplabv3, deeplabv3plus, get_model, list_models
 from deeplab.models.backbones import BACKBONES, ResNetBackbone
 from deeplab.models.complexity import count_gflops, count_parameters
@@ -30,6 +31,10 @@ def on_meta(build, **kwargs) -> nn.Module:
 @pytest.mark.parametrize("output_stride", OUTPUT_STRIDES)
 def test_every_model_returns_logits_at_input_size(name: str, output_stride: int) -> None:
     torch.manual_seed(0)
+    if name.startswith("deeplabv2") and output_stride == 32:  # ASPP-L's rate 6 at OS8 would be 1.5 at OS32
+        with pytest.raises(ValueError, match="no integer equivalent at output stride 32; pass aspp_rates"):
+            get_model(name, num_classes=3, output_stride=output_stride)
+        return
     model = get_model(name, num_classes=3, output_stride=output_stride).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 33, 47))
@@ -75,18 +80,6 @@ def test_batch_of_one_in_training_fails_clearly_and_works_in_eval() -> None:
 
 
 # --- dilation and rates -------------------------------------------------------------------------------
-
-def applied_dilations(model: nn.Module, image: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """Dilation and stride of every 3×3 conv *as called* in a forward pass (hooks see the real call)."""
-    seen: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda mod, _i, _o, n=n: seen.__setitem__(n, (mod.dilation[0], mod.stride[0])))
-             for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
-    with torch.no_grad():
-        model(image)
-    for hook in hooks:
-        hook.remove()
-    return seen
-
 
 @pytest.mark.parametrize("output_stride, block3, block4", [
     (32, [1] * 6, [1, 2, 4]),
@@ -279,8 +272,8 @@ def test_builders_are_keyword_only_and_names_are_listed() -> None:
     with pytest.raises(TypeError):
         deeplabv3("resnet50")  # type: ignore[misc]
     assert "deeplabv3_resnet101" in list_models() and "deeplabv3plus_xception65" in list_models()
-    assert len(list_models()) == 2 * len(BACKBONES)
-    with pytest.raises(ValueError, match="valid models: deeplabv3_resnet18"):
+    assert len(list_models()) == 2 * len(BACKBONES) + 3  # + deeplabv1_vgg16, deeplabv2_resnet101, deeplabv2_vgg16
+    with pytest.raises(ValueError, match="valid models: deeplabv1_vgg16, deeplabv2_resnet101, .*deeplabv3_resnet18"):
         get_model("deeplabv4_resnet50")
 
 

@@ -66,8 +66,7 @@ def _one_step(model: nn.Module) -> None:
     batch = (torch.randn(2, 3, 64, 96), torch.randint(0, 4, (2, 64, 96)))
     optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
     scheduler = build_scheduler(optimizer, max_iterations=10, power=0.9, warmup=0)
-    train_one_step(model, [batch], SegmentationLoss(), optimizer, scheduler, None, torch.device("cpu"), amp=False,
-                   iteration=0)
+    train_one_step(model, [batch], SegmentationLoss(), optimizer, scheduler, None, torch.device("cpu"), iteration=0)
 
 
 def _conv_weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,17 +1,15 @@
 """Weights of other people's files: torchvision DeepLabV3 / ImageNet ResNet / MobileNetV2 files, error messages,
 fine-tuning, pickles that must not run.
 
-The torchvision layout and forward pass are written out *here*, from torchvision's published module
-structure (``resnet.py``'s ``Bottleneck``/``BasicBlock``/``_make_layer``, ``segmentation/deeplabv3.py``'s
-``DeepLabHead``/``ASPP`` and ``fcn.py``'s ``FCNHead``), never from our model — torchvision itself cannot
-be imported in this environment, so this is the independent reference.
+The torchvision layout and forward pass are written out in ``torchvision_reference.py``, from torchvision's
+published module structure, never from our model — torchvision itself cannot be imported in this
+environment, so that is the independent reference.
 
 Run: ``.venv/bin/python -m pytest -q tests/test_weights.py``
 """
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -20,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DATA, assert_one_line_naming, message_of
+from torchvision_reference import (meta_state, parameter_count, random_state, relative_error, shapes_of,
+                                   torchvision_deeplabv3_keys, torchvision_forward, torchvision_imagenet_resnet_keys,
+                                   torchvision_resnet_keys)
 from deeplab.models.builders import deeplabv3
 from deeplab.weights import (
     WeightsError,
@@ -31,194 +32,7 @@ from deeplab.weights import (
 
 MOBILENET_FILE = DATA / "weights" / "mobilenetv2_imagenet_features.pt"
 TORCHVISION_PARAMS = {50: 42_004_074, 101: 60_996_202}  # torchvision's published deeplabv3_resnet50/101 counts
-BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 CLASS_LAYER_KEYS = {"classifier.4.weight", "classifier.4.bias", "aux_classifier.4.weight", "aux_classifier.4.bias"}
-
-# ---------------------------------------------------------------------------------------------------------
-# torchvision's layout, from its published structure
-# ---------------------------------------------------------------------------------------------------------
-
-# depth -> (block, units per stage): torchvision's resnet18/34/50/101
-RESNET_LAYOUT = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-                 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
-STAGE_PLANES = (64, 128, 256, 512)
-ASPP_RATES = (12, 24, 36)  # torchvision's DeepLabHead(2048, num_classes) → ASPP(2048, [12, 24, 36])
-Shapes = dict[str, tuple[int, ...]]
-
-
-def _conv(keys: Shapes, name: str, out: int, inp: int, kernel: int, bias: bool = False) -> None:
-    keys[f"{name}.weight"] = (out, inp, kernel, kernel)
-    if bias:
-        keys[f"{name}.bias"] = (out,)
-
-
-def _bn(keys: Shapes, name: str, channels: int) -> None:
-    for kind in ("weight", "bias", "running_mean", "running_var"):
-        keys[f"{name}.{kind}"] = (channels,)
-    keys[f"{name}.num_batches_tracked"] = ()
-
-
-def torchvision_resnet_keys(depth: int, prefix: str = "") -> Shapes:
-    """torchvision ``resnet{depth}`` without ``avgpool``/``fc``: stem, then ``_make_layer`` per stage, where
-    unit 0 gets ``downsample = Sequential(conv1x1, BN)`` iff ``stride != 1 or inplanes != planes * expansion``."""
-    block, layers = RESNET_LAYOUT[depth]
-    expansion = 4 if block == "bottleneck" else 1
-    keys: Shapes = {}
-    _conv(keys, f"{prefix}conv1", 64, 3, 7)
-    _bn(keys, f"{prefix}bn1", 64)
-    inplanes = 64
-    for stage, (planes, units) in enumerate(zip(STAGE_PLANES, layers), start=1):
-        stride = 1 if stage == 1 else 2  # nominal; dilation changes no key
-        out = planes * expansion
-        for unit in range(units):
-            p = f"{prefix}layer{stage}.{unit}"
-            if block == "bottleneck":  # conv1 1x1, conv2 3x3, conv3 1x1 (x4), width = planes (groups=1)
-                _conv(keys, f"{p}.conv1", planes, inplanes, 1)
-                _bn(keys, f"{p}.bn1", planes)
-                _conv(keys, f"{p}.conv2", planes, planes, 3)
-                _bn(keys, f"{p}.bn2", planes)
-                _conv(keys, f"{p}.conv3", out, planes, 1)
-                _bn(keys, f"{p}.bn3", out)
-            else:  # BasicBlock: two 3x3 convs
-                _conv(keys, f"{p}.conv1", planes, inplanes, 3)
-                _bn(keys, f"{p}.bn1", planes)
-                _conv(keys, f"{p}.conv2", planes, planes, 3)
-                _bn(keys, f"{p}.bn2", planes)
-            if unit == 0 and (stride != 1 or inplanes != out):
-                _conv(keys, f"{p}.downsample.0", out, inplanes, 1)
-                _bn(keys, f"{p}.downsample.1", out)
-            inplanes = out
-    return keys
-
-
-def torchvision_imagenet_resnet_keys(depth: int) -> Shapes:
-    """A torchvision ImageNet classifier file (``resnet50-0676ba61.pth``): the ResNet plus ``fc``."""
-    keys = torchvision_resnet_keys(depth)
-    features = 2048 if RESNET_LAYOUT[depth][0] == "bottleneck" else 512
-    keys["fc.weight"], keys["fc.bias"] = (1000, features), (1000,)
-    return keys
-
-
-def torchvision_deeplabv3_keys(depth: int, num_classes: int = 21, aux: bool = True) -> Shapes:
-    """Every key and shape of torchvision's ``deeplabv3_resnet{depth}`` state dict.
-
-    ``classifier = DeepLabHead(2048) = Sequential(ASPP, Conv3x3(256, 256), BN, ReLU, Conv1x1(256, classes))``;
-    ``ASPP.convs = [Seq(conv1x1, BN, ReLU), 3 × ASPPConv = Seq(conv3x3, BN, ReLU),
-    ASPPPooling = Seq(AdaptiveAvgPool2d, conv1x1, BN, ReLU)]``, ``ASPP.project = Seq(Conv1x1(1280, 256), BN,
-    ReLU, Dropout)``; ``aux_classifier = FCNHead(1024) = Seq(Conv3x3(1024, 256), BN, ReLU, Dropout, Conv1x1)``.
-    """
-    keys = torchvision_resnet_keys(depth, "backbone.")
-    aspp = "classifier.0"
-    _conv(keys, f"{aspp}.convs.0.0", 256, 2048, 1)
-    _bn(keys, f"{aspp}.convs.0.1", 256)
-    for branch in (1, 2, 3):
-        _conv(keys, f"{aspp}.convs.{branch}.0", 256, 2048, 3)
-        _bn(keys, f"{aspp}.convs.{branch}.1", 256)
-    _conv(keys, f"{aspp}.convs.4.1", 256, 2048, 1)  # index 0 is the pooling layer (no parameters)
-    _bn(keys, f"{aspp}.convs.4.2", 256)
-    _conv(keys, f"{aspp}.project.0", 256, 5 * 256, 1)
-    _bn(keys, f"{aspp}.project.1", 256)
-    _conv(keys, "classifier.1", 256, 256, 3)
-    _bn(keys, "classifier.2", 256)
-    _conv(keys, "classifier.4", num_classes, 256, 1, bias=True)
-    if aux:
-        _conv(keys, "aux_classifier.0", 256, 1024, 3)
-        _bn(keys, "aux_classifier.1", 256)
-        _conv(keys, "aux_classifier.4", num_classes, 256, 1, bias=True)
-    return keys
-
-
-def parameter_count(shapes: Shapes) -> int:
-    """Learnable parameters: every tensor but BN running statistics and ``num_batches_tracked``."""
-    return sum(math.prod(shape) for key, shape in shapes.items() if not key.endswith(BN_STATS))
-
-
-def random_state(shapes: Shapes, seed: int) -> dict[str, torch.Tensor]:
-    """Random tensors of ``shapes`` that keep activations O(1): He-scaled conv weights, positive running
-    variances, small BN offsets; the last BN of each residual branch is damped so depth does not blow up."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0, dtype=torch.long)
-        elif key.endswith("running_var"):
-            state[key] = torch.empty(shape).uniform_(0.5, 1.5, generator=generator)
-        elif key.endswith("running_mean") or (key.endswith(".bias") and len(shape) == 1):
-            state[key] = 0.1 * torch.randn(shape, generator=generator)
-        elif len(shape) == 1:  # BN weight
-            low, high = (0.2, 0.4) if re.search(r"\.bn[23]\.weight$|downsample\.1\.weight$", key) else (0.5, 1.5)
-            state[key] = torch.empty(shape).uniform_(low, high, generator=generator)
-        else:  # conv (4-d) or fc (2-d) weight
-            fan_in = math.prod(shape[1:])
-            state[key] = torch.randn(shape, generator=generator) * math.sqrt(2.0 / fan_in)
-    return state
-
-
-def meta_state(shapes: Shapes) -> dict[str, torch.Tensor]:
-    return {k: torch.empty(s, device="meta", dtype=torch.long if k.endswith("num_batches_tracked") else None)
-            for k, s in shapes.items()}
-
-
-def shapes_of(state: dict[str, torch.Tensor]) -> Shapes:
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def torchvision_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int = 50
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchvision's ``deeplabv3_resnet{depth}`` eval forward in ``torch.nn.functional`` only: returns
-    ``(result["out"], result["aux"])``.
-
-    Backbone: ``replace_stride_with_dilation=[False, True, True]``; in ``_make_layer(dilate=True)``:
-    ``previous_dilation = self.dilation; self.dilation *= stride; stride = 1``; unit 0 uses
-    ``previous_dilation``, the others ``self.dilation``; 3x3 padding = dilation; downsample has the stride.
-    """
-    def bn(t, name):
-        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                            sd[f"{name}.bias"], training=False, momentum=0.1, eps=1e-5)
-
-    def conv(t, name, stride=1, padding=0, dilation=1):
-        return F.conv2d(t, sd[f"{name}.weight"], sd.get(f"{name}.bias"), stride, padding, dilation)
-
-    _, layers = RESNET_LAYOUT[depth]
-    h = F.relu(bn(conv(x, "backbone.conv1", 2, 3), "backbone.bn1"))
-    h = F.max_pool2d(h, 3, 2, 1)
-    dilation = 1
-    for stage, (units, stride, dilate) in enumerate(zip(layers, (1, 2, 2, 2), (False, False, True, True)), 1):
-        previous_dilation = dilation
-        if dilate:
-            dilation *= stride
-            stride = 1
-        for unit in range(units):
-            p = f"backbone.layer{stage}.{unit}"
-            s, d = (stride, previous_dilation) if unit == 0 else (1, dilation)
-            out = F.relu(bn(conv(h, f"{p}.conv1"), f"{p}.bn1"))
-            out = F.relu(bn(conv(out, f"{p}.conv2", s, d, d), f"{p}.bn2"))
-            out = bn(conv(out, f"{p}.conv3"), f"{p}.bn3")
-            identity = bn(conv(h, f"{p}.downsample.0", s), f"{p}.downsample.1") \
-                if f"{p}.downsample.0.weight" in sd else h
-            h = F.relu(out + identity)
-        if stage == 3:
-            aux_features = h
-    size = x.shape[-2:]
-
-    a = "classifier.0"
-    branches = [F.relu(bn(conv(h, f"{a}.convs.0.0"), f"{a}.convs.0.1"))]
-    for branch, rate in enumerate(ASPP_RATES, start=1):
-        branches.append(F.relu(bn(conv(h, f"{a}.convs.{branch}.0", 1, rate, rate), f"{a}.convs.{branch}.1")))
-    pooled = F.relu(bn(conv(F.adaptive_avg_pool2d(h, 1), f"{a}.convs.4.1"), f"{a}.convs.4.2"))
-    branches.append(F.interpolate(pooled, size=h.shape[-2:], mode="bilinear", align_corners=False))
-    y = F.relu(bn(conv(torch.cat(branches, 1), f"{a}.project.0"), f"{a}.project.1"))  # Dropout: eval no-op
-    y = F.relu(bn(conv(y, "classifier.1", 1, 1), "classifier.2"))
-    out = F.interpolate(conv(y, "classifier.4"), size=size, mode="bilinear", align_corners=False)
-
-    z = F.relu(bn(conv(aux_features, "aux_classifier.0", 1, 1), "aux_classifier.1"))
-    aux = F.interpolate(conv(z, "aux_classifier.4"), size=size, mode="bilinear", align_corners=False)
-    return out, aux
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)).item()
-
 
 @pytest.fixture(scope="module")
 def tv_r50(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:

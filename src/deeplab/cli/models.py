@@ -20,24 +20,33 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.builders import BUILDERS, list_models
     from ..models.complexity import measure
+    from ..models.registry import BUILDERS, list_models
 
     rows = []
     variants = [(name, {}) for name in list_models()]
-    variants += [(f"{arch}_mobilenet_v2", {"width_mult": 0.5}) for arch in BUILDERS]
+    variants += [(f"{arch}_mobilenet_v2", {"width_mult": 0.5}) for arch in ("deeplabv3", "deeplabv3plus")]
     variants.sort(key=lambda v: list_models().index(v[0]))
     for name, extra in variants:
         arch, backbone = name.split("_", 1)
         label = name + ("" if not extra else f" (width {extra['width_mult']})")
-        costs = [measure(BUILDERS[arch], args.size, args.size, backbone=backbone, output_stride=os,
-                         num_classes=args.num_classes, **extra) for os in VALID_OUTPUT_STRIDES]
-        rows.append([label, f"{costs[0].parameters:,}", *(f"{c.gflops:.2f}" for c in costs)])
+        costs = [_measure(measure, BUILDERS[arch], args.size, backbone=backbone, output_stride=os,
+                          num_classes=args.num_classes, **extra) for os in VALID_OUTPUT_STRIDES]
+        parameters = next(c.parameters for c in costs if c is not None)
+        rows.append([label, f"{parameters:,}", *("n/a" if c is None else f"{c.gflops:.2f}" for c in costs)])
     header = ["model", "parameters", *(f"GFLOPs OS{os}" for os in VALID_OUTPUT_STRIDES)]
     print(f"{args.num_classes} classes, input {args.size}x{args.size}; GFLOPs = multiply-adds x 1e-9 "
-          "(torchvision's convention); ASPP rates derived from the output stride")
+          "(torchvision's convention); atrous rates derived from the output stride (n/a: no whole-number rates)")
     print(_format_table(header, rows, args.format))
     return 0
+
+
+def _measure(measure, build, size: int, **kwargs):
+    """The model's cost, or None where its rates have no whole-number equivalent at that output stride."""
+    try:
+        return measure(build, size, size, **kwargs)
+    except ValueError:
+        return None
 
 
 def _format_table(header: list[str], rows: list[list[str]], style: str) -> str:

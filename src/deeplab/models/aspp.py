@@ -17,7 +17,6 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .backbones.base import check_output_stride
 
 PAPER_RATES_AT_OS16 = (6, 12, 18)
 REFERENCE_OUTPUT_STRIDE = 16
@@ -29,7 +28,6 @@ def aspp_rates_for(output_stride: int, rates_at_os16: Sequence[int] = PAPER_RATE
     >>> aspp_rates_for(8), aspp_rates_for(16), aspp_rates_for(32)
     ((12, 24, 36), (6, 12, 18), (3, 6, 9))
     """
-    check_output_stride(output_stride)
     return rescale_rates(rates_at_os16, REFERENCE_OUTPUT_STRIDE, output_stride)
 
 

@@ -1,4 +1,5 @@
-"""Public builders: ``deeplabv3(...)``, ``deeplabv3plus(...)``, ``get_model(name)``, ``list_models()``.
+"""The DeepLabV3 and DeepLabV3+ builders: ``deeplabv3(...)``, ``deeplabv3plus(...)`` (the named-model registry
+is ``registry.py``, the v1/v2 builders ``lineage.py``).
 
 Builders take explicit, typed, keyword-only arguments (detectron2's idea: construction is separate from
 config parsing). Every model remembers its builder arguments in ``model.config`` so that
@@ -12,11 +13,9 @@ from typing import Any, Sequence
 from torch import nn
 
 from .aspp import ASPP, PAPER_RATES_AT_OS16, aspp_rates_for
-from .backbones import BACKBONES, build_backbone
+from .backbones import build_backbone
 from .deeplab import DeepLab
 from .heads import DeepLabHead, DeepLabV3PlusHead, FCNHead
-
-ARCHITECTURES = ("deeplabv3", "deeplabv3plus")
 
 
 def deeplabv3(
@@ -62,11 +61,11 @@ def deeplabv3(
         first_unit_previous_dilation: torchvision's dilation convention (see ``ResNetBackbone``).
         align_corners: for every bilinear resize (TF DeepLab used True).
     """
-    config = {"arch": "deeplabv3", **_locals_config(locals())}
-    body = _backbone(backbone, output_stride, multi_grid, extra_blocks, first_unit_previous_dilation, width_mult,
+    config = {"arch": "deeplabv3", **locals_config(locals())}
+    body = make_backbone(backbone, output_stride, multi_grid, extra_blocks, first_unit_previous_dilation, width_mult,
                      channel_divisor)
-    config["multi_grid"] = _resolved_grid(body)
-    _check_classes(num_classes)
+    config["multi_grid"] = resolved_grid(body)
+    check_classes(num_classes)
     aspp_module = _aspp(body.channels("out"), output_stride, aspp_rates, aspp_channels, image_pooling,
                         separable_aspp, aspp_dropout) if aspp else None
     if aspp_module is not None:
@@ -100,10 +99,10 @@ def deeplabv3plus(
     "Xception-65 + decoder + SC") and off otherwise; the other arguments are as in ``deeplabv3``."""
     separable_aspp = backbone == "xception65" if separable_aspp is None else separable_aspp
     separable_decoder = backbone == "xception65" if separable_decoder is None else separable_decoder
-    config = {"arch": "deeplabv3plus", **_locals_config(locals())}
-    body = _backbone(backbone, output_stride, multi_grid, 0, False, width_mult, channel_divisor)
-    config["multi_grid"] = _resolved_grid(body)
-    _check_classes(num_classes)
+    config = {"arch": "deeplabv3plus", **locals_config(locals())}
+    body = make_backbone(backbone, output_stride, multi_grid, 0, False, width_mult, channel_divisor)
+    config["multi_grid"] = resolved_grid(body)
+    check_classes(num_classes)
     aspp_module = _aspp(body.channels("out"), output_stride, aspp_rates, aspp_channels, image_pooling,
                         separable_aspp, aspp_dropout)
     config["aspp_rates"] = list(aspp_module.rates)
@@ -114,53 +113,24 @@ def deeplabv3plus(
     return DeepLab(body, head, aux, align_corners=align_corners, config=config)
 
 
-BUILDERS = {"deeplabv3": deeplabv3, "deeplabv3plus": deeplabv3plus}
-
-
-def list_models() -> list[str]:
-    """Every named model: ``<architecture>_<backbone>``, e.g. ``deeplabv3_resnet101``."""
-    return [f"{arch}_{name}" for arch in ARCHITECTURES for name in BACKBONES]
-
-
-def get_model(name: str, **kwargs: Any) -> DeepLab:
-    """Build a named model (see ``list_models()``); keyword arguments go to the builder."""
-    for arch in sorted(ARCHITECTURES, key=len, reverse=True):
-        prefix = arch + "_"
-        if name.startswith(prefix) and name[len(prefix):] in BACKBONES:
-            return BUILDERS[arch](backbone=name[len(prefix):], **kwargs)
-    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
-
-
-def build_model(config: dict[str, Any]) -> DeepLab:
-    """Rebuild a model from its ``model.config`` (e.g. as stored in a checkpoint)."""
-    config = dict(config)
-    arch = config.pop("arch", None)
-    if arch not in BUILDERS:
-        raise ValueError(f"model config has arch {arch!r}; valid: {', '.join(BUILDERS)}")
-    for key in ("multi_grid", "aspp_rates"):
-        if isinstance(config.get(key), list):
-            config[key] = tuple(config[key])
-    return BUILDERS[arch](**config)
-
-
-def _locals_config(arguments: dict[str, Any]) -> dict[str, Any]:
+def locals_config(arguments: dict[str, Any]) -> dict[str, Any]:
     """Builder arguments as plain data (lists, not tuples) so the config survives YAML and JSON."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()
             if not k.startswith("_") and k != "config"}
 
 
-def _resolved_grid(body: nn.Module) -> list[int] | None:
+def resolved_grid(body: nn.Module) -> list[int] | None:
     """The grid the backbone applies (its default when none was given), so the config rebuilds it exactly."""
     grid = getattr(body, "multi_grid", None)
     return None if grid is None else list(grid)
 
 
-def _check_classes(num_classes: int) -> None:
+def check_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
-def _backbone(name: str, output_stride: int, multi_grid: Sequence[int] | None, extra_blocks: int,
+def make_backbone(name: str, output_stride: int, multi_grid: Sequence[int] | None, extra_blocks: int,
               first_unit_previous_dilation: bool, width_mult: float, channel_divisor: int) -> nn.Module:
     return build_backbone(name, output_stride=output_stride, multi_grid=multi_grid, extra_blocks=extra_blocks,
                           first_unit_previous_dilation=first_unit_previous_dilation, width_mult=width_mult,

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .aspp import rescale_rates
 from .backbones.base import Backbone, check_output_stride
+from .aspp_v2 import SummedASPPHead
 from .heads import DeepLabHead, DeepLabV3PlusHead, FCNHead
 
 
@@ -26,7 +27,7 @@ class DeepLab(nn.Module):
     def __init__(
         self,
         backbone: Backbone,
-        classifier: DeepLabHead | DeepLabV3PlusHead,
+        classifier: DeepLabHead | DeepLabV3PlusHead | SummedASPPHead,
         aux_classifier: FCNHead | None = None,
         *,
         align_corners: bool = False,
@@ -56,7 +57,7 @@ class DeepLab(nn.Module):
         ``config`` is not touched: it records how the model was built (and trained), which is what a model
         file must rebuild; the stride it runs at now is ``output_stride``. Prefer ``at_output_stride``, which
         switches back afterwards."""
-        check_output_stride(output_stride)
+        check_output_stride(output_stride, self.backbone.valid_output_strides)
         aspp = self.classifier.aspp
         if aspp is not None:
             rates = aspp_rates if aspp_rates is not None else rescale_rates(aspp.rates, self.output_stride,

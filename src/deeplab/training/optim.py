@@ -16,17 +16,22 @@ def poly_factor(iteration: int, max_iterations: int, power: float = 0.9, warmup:
     return max(0.0, 1.0 - iteration / max_iterations) ** power
 
 
-def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> SGD:
+def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
+                    classifier_lr_mult: float = 1.0) -> SGD:
     """SGD; weight decay on conv/linear weights only — BN parameters and biases are not decayed (as in the
-    authors' TF code, where the regulariser is attached to weights)."""
-    decay, no_decay = [], []
-    for module in model.modules():
+    authors' TF code, where the regulariser is attached to weights). ``classifier_lr_mult`` scales the learning
+    rate of the head (``classifier.*``, ``aux_classifier.*``): DeepLab v1/v2 trained their new fc8 at 10×."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for prefix, module in model.named_modules():
+        head = prefix.split(".")[0] in ("classifier", "aux_classifier") or prefix.startswith("module.classifier")
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            (no_decay if isinstance(module, BN_TYPES) or name == "bias" else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
+            if param.requires_grad:
+                decayed = not (isinstance(module, BN_TYPES) or name == "bias")
+                groups.setdefault((head, decayed), []).append(param)
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    return SGD([{"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0,
+                 "lr": lr * (classifier_lr_mult if key[0] else 1.0)} for key in order if key in groups],
+               lr=lr, momentum=momentum)
 
 
 def build_scheduler(optimizer: Optimizer, *, max_iterations: int, power: float, warmup: int) -> LambdaLR:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ..data.datasets import VOC_CLASSES
 from ..data.normalization import SIGNED_UNIT
 from ..models.aspp import ASPPPooling
+from ..models.backbones.base import VALID_OUTPUT_STRIDES
 from ..models.backbones import mobilenet
 from ..models.backbones.mobilenet import InvertedResidual
 from ..models.builders import deeplabv3
@@ -173,7 +174,7 @@ def _build_matching(graph: TFLiteGraph, head: _Head, body_ops: list[TFLiteOp]) -
     model-zoo width whose backbone shapes match the graph's."""
     strided = sum(op.options["stride"] != (1, 1) for op in body_ops)
     output_stride = 2 ** strided
-    if output_stride not in (8, 16, 32):
+    if output_stride not in VALID_OUTPUT_STRIDES:
         raise WeightsError(f"{graph.path}: backbone has {strided} strided convs (output stride {output_stride})")
     config = dict(backbone="mobilenet_v2", num_classes=graph.shapes[head.logits.inputs[1]][0],
                   output_stride=output_stride, aspp_rates=(), aspp_channels=graph.shapes[head.project.inputs[1]][0],

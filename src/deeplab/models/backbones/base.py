@@ -17,7 +17,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-VALID_OUTPUT_STRIDES = (8, 16, 32)
+VALID_OUTPUT_STRIDES = (8, 16, 32)  # what every backbone reaches
+ALL_OUTPUT_STRIDES = (8, 16, 32, 64, 128, 256)  # ResNet with the paper's extra blocks reaches up to 256
 FEATURE_NAMES = ("low_level", "aux", "out")
 
 
@@ -88,16 +89,20 @@ def init_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:  # only VGG's convs have biases (no batch norm follows them)
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses build their layers, fill ``feature_info`` and implement the two methods."""
+    """Base class: subclasses build their layers, fill ``feature_info`` and implement the two methods;
+    ``valid_output_strides`` are the strides the architecture can reach."""
 
     feature_info: list[FeatureInfo]
     output_stride: int
+    valid_output_strides: tuple[int, ...] = VALID_OUTPUT_STRIDES
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError  # abstract

@@ -8,8 +8,11 @@ How the paper's knobs map onto the code:
 
 - ``output_stride``: stages past it keep stride 1 and multiply their dilation (``plan_stages``).
 - ``multi_grid=(r1, r2, r3)``: unit *i* of block4 (and of every extra block) uses ``rate × r_i``.
-- ``extra_blocks``: block5..block7 are copies of block4 (3 units, stride 1), the base rate doubling per
-  block so the output stride stays fixed.
+- ``extra_blocks``: block5..block7 are copies of block4 (3 units) with a nominal stride of 2, planned like the
+  other stages: past the output stride each keeps stride 1 and doubles the rate (the paper's atrous cascade,
+  base rates 4, 8, 16 at output stride 16); below it they stride, which is how the paper's Table 1 reaches
+  output strides 64 to 256. A striding copy has the same channels in and out, so its shortcut subsamples
+  (TF's ``subsample``) instead of adding a projection: no parameters depend on the output stride.
 - ``first_unit_previous_dilation``: torchvision's convention, where the unit that gave up its stride keeps
   the dilation in force before the stage (the paper's / TF's ResNet dilates the whole stage).
 """
@@ -20,12 +23,14 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from .base import Backbone, FeatureInfo, check_output_stride, init_weights, plan_stages, set_conv_geometry
+from .base import (VALID_OUTPUT_STRIDES, Backbone, FeatureInfo, check_output_stride, init_weights, plan_stages,
+                   set_conv_geometry)
 
 STEM_STRIDE = 4  # conv1 (stride 2) + maxpool (stride 2)
 STAGE_STRIDES = (1, 2, 2, 2)
 STAGE_PLANES = (64, 128, 256, 512)
 EXTRA_BLOCK_UNITS = 3
+EXTRA_BLOCK_STRIDE = 2
 DEFAULT_MULTI_GRID = (1, 2, 4)  # the paper's best grid
 LOW_LEVEL_STAGE = 1  # layer1 ends at stride 4: the decoder's skip input
 AUX_STAGE = 3  # layer3: the auxiliary head's input
@@ -44,15 +49,17 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = _make_downsample(inplanes, planes, stride)
+        self.stride = stride
 
     def set_geometry(self, stride: int, dilation: int) -> None:
         set_conv_geometry(self.conv1, stride, dilation)
         set_conv_geometry(self.conv2, 1, dilation)
         if self.downsample is not None:
             set_conv_geometry(self.downsample[0], stride, 1)
+        self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = _shortcut(x, self.downsample, self.stride)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
@@ -74,18 +81,27 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _make_downsample(inplanes, out, stride)
+        self.stride = stride
 
     def set_geometry(self, stride: int, dilation: int) -> None:
         set_conv_geometry(self.conv2, stride, dilation)
         if self.downsample is not None:
             set_conv_geometry(self.downsample[0], stride, 1)
+        self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = _shortcut(x, self.downsample, self.stride)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
+
+
+def _shortcut(x: Tensor, downsample: nn.Module | None, stride: int) -> Tensor:
+    """The residual branch's input: projected, as is, or — a striding unit with equal channels — subsampled."""
+    if downsample is not None:
+        return downsample(x)
+    return x[..., ::stride, ::stride] if stride > 1 else x
 
 
 def _make_downsample(inplanes: int, out: int, stride: int) -> nn.Sequential | None:
@@ -136,7 +152,10 @@ class ResNetBackbone(Backbone):
             self.add_module(f"layer{index}", _make_stage(block, inplanes, planes, units, stride))
             inplanes = planes * block.expansion
         for index in range(5, 5 + extra_blocks):  # the paper's block5..block7: copies of block4
-            self.add_module(f"layer{index}", _make_stage(block, inplanes, STAGE_PLANES[-1], EXTRA_BLOCK_UNITS, 1))
+            stage = _make_stage(block, inplanes, STAGE_PLANES[-1], EXTRA_BLOCK_UNITS, 1)  # stride set by the plan
+            self.add_module(f"layer{index}", stage)
+        self.valid_output_strides = VALID_OUTPUT_STRIDES + tuple(
+            VALID_OUTPUT_STRIDES[-1] * EXTRA_BLOCK_STRIDE ** k for k in range(1, extra_blocks + 1))
         self.stage_names = [f"layer{i}" for i in range(1, 5 + extra_blocks)]
         self.out_channels = inplanes
         self.aux_channels = STAGE_PLANES[2] * block.expansion
@@ -151,20 +170,17 @@ class ResNetBackbone(Backbone):
 
     def set_output_stride(self, output_stride: int) -> None:
         """Re-plan strides and dilations in place; the parameters (and key set) are unchanged."""
-        self.output_stride = check_output_stride(output_stride)
-        plans = plan_stages(STAGE_STRIDES, output_stride, STEM_STRIDE)
-        rate = plans[-1].dilation
-        for index, name in enumerate(self.stage_names):
-            plan = plans[index] if index < len(plans) else None
-            grid = self.multi_grid if index >= len(plans) - 1 else None
-            if plan is None:  # extra block k (k = 1, 2, 3) runs at base rate × 2^k
-                rate *= 2
-                stride, entry, dilation = 1, rate, rate
-            else:
-                stride, entry, dilation = plan.stride, plan.entry_dilation, plan.dilation
+        self.output_stride = check_output_stride(output_stride, self.valid_output_strides)
+        extra = len(self.stage_names) - len(STAGE_STRIDES)
+        plans = plan_stages(STAGE_STRIDES + (EXTRA_BLOCK_STRIDE,) * extra, output_stride, STEM_STRIDE)
+        last_regular = len(STAGE_STRIDES) - 1
+        for index, (name, plan) in enumerate(zip(self.stage_names, plans)):
+            grid = self.multi_grid if index >= last_regular else None  # block4 and its copies
+            # torchvision's convention exists for the four regular stages only; copies dilate whole.
+            keep_entry = self.first_unit_previous_dilation and index <= last_regular
             for position, unit in enumerate(getattr(self, name)):
-                base = entry if position == 0 and self.first_unit_previous_dilation else dilation
-                unit.set_geometry(stride if position == 0 else 1, base * (grid[position] if grid else 1))
+                base = plan.entry_dilation if position == 0 and keep_entry else plan.dilation
+                unit.set_geometry(plan.stride if position == 0 else 1, base * (grid[position] if grid else 1))
         reductions = [STEM_STRIDE]
         for plan in plans:
             reductions.append(reductions[-1] * plan.stride)
