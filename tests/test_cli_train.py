@@ -14,7 +14,7 @@ import pytest
 from conftest import make_config, step_losses, train_cli
 from deeplab.cli import main
 from deeplab.config import load_config, save_config
-from deeplab.training import setup
+from deeplab.training import setup, splits
 from deeplab.weights.modelfile import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,7 +84,7 @@ def test_read_only_output_folder_fails_before_training(mini_camvid: Path, tmp_pa
         raise AssertionError("reached the data scan / training")
 
     monkeypatch.setattr(setup, "check_dataset", no_training)
-    monkeypatch.setattr(setup, "make_dataset", no_training)
+    monkeypatch.setattr(splits, "make_dataset", no_training)
     _make_read_only(locked)
     try:
         assert main(["train", "-c", str(config_file)]) == 2

@@ -66,7 +66,7 @@ def test_model_config_covers_every_builder_argument() -> None:
     import inspect
 
     from deeplab.config import WEIGHT_SOURCES, ModelConfig
-    from deeplab.models.builders import BUILDERS
+    from deeplab.models.registry import BUILDERS
 
     signatures = {arch: inspect.signature(build).parameters for arch, build in BUILDERS.items()}
     arguments = {name for params in signatures.values() for name in params} - {"num_classes"}
@@ -117,7 +117,7 @@ def test_paper_recipe_configs(name: str, stride: int, rates: tuple[int, ...], bl
     (1, 2, 4) applied as block-4 dilations, ASPP rates from the output stride, image pooling."""
     import torch
 
-    from deeplab.models.builders import build_model
+    from deeplab.models.registry import build_model
     from test_models import applied_dilations
 
     config = load_config(REPO / "configs" / f"{name}.yaml")

@@ -13,7 +13,7 @@ import torch
 from conftest import make_config, state_dict_of, step_losses, train_cli
 from deeplab.config import save_config
 from deeplab.data.datasets import CAMVID_CLASSES
-from deeplab.training import runner, setup
+from deeplab.training import runner, splits
 from deeplab.weights.modelfile import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +82,7 @@ def test_ddp_two_processes_match_one_process(mini_camvid: Path, tmp_path: Path) 
     from deeplab.inference import Predictor, evaluate
 
     model, card = load_model(ddp.run_dir / "checkpoint_0000004.pt")
-    val_set = setup.make_dataset(ddp, "val", None)
+    val_set = splits.make_dataset(ddp, "val", None)
     assert card.num_classes == len(CAMVID_CLASSES)
     matrix = evaluate(Predictor(model, normalization=card.normalization, batch_size=1), val_set).matrix
     assert matrix.matrix.tolist() == ddp_eval["confusion_matrix"]

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import yaml
 
 from .data.normalization import IMAGENET
-from .models.builders import BUILDERS
+from .models.registry import BUILDERS
 from .utils.files import atomic_write_bytes
 from .utils.plain import plain
 
@@ -30,17 +30,17 @@ class ModelConfig:
     dataset gives. ``None`` means "the builder's default" and is not passed; a value the chosen ``arch`` does
     not take is refused (``model_kwargs``). The last three say where the weights start from."""
 
-    arch: str = "deeplabv3"                  # deeplabv3 | deeplabv3plus
+    arch: str = "deeplabv3"                  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus
     backbone: str = "resnet101"
-    output_stride: int = 16
+    output_stride: int | None = None         # None: the architecture's (16 for V3/V3+, 8 for v1/v2)
     multi_grid: tuple[int, ...] | None = None  # None: the backbone's default (ResNet (1, 2, 4))
     extra_blocks: int | None = None          # deeplabv3: cascaded block5..7 (ResNet)
     aspp: bool | None = None                 # deeplabv3: False is the cascaded model's plain classifier
     aspp_rates: tuple[int, ...] | None = None  # None: derived from the output stride; []: mobile ASPP
-    aspp_channels: int = 256
-    image_pooling: bool = True
+    aspp_channels: int | None = None         # None: 256 (V3/V3+), 1024 (v1/v2 fc6/fc7)
+    image_pooling: bool | None = None        # V3/V3+: the image-level ASPP branch (default on)
     separable_aspp: bool | None = None
-    aspp_dropout: float = 0.1
+    aspp_dropout: float | None = None        # None: 0.1 (V3/V3+), 0.5 (v1/v2)
     head_conv: bool | None = None            # deeplabv3: torchvision's extra 3x3 conv
     aux_loss: bool = False
     width_mult: float = 1.0
@@ -62,8 +62,11 @@ WEIGHT_SOURCES = ("backbone_weights", "init_weights", "finetune")  # ModelConfig
 class DataConfig:
     dataset: str = "voc"                     # voc | camvid | cityscapes | folder
     root: str = ""
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str | None = None           # None: the dataset's train split (folder: every matched pair)
+    val_split: str | None = None             # None: the dataset's val split (folder: val_fraction of the pairs)
+    val_fraction: float = 0.1                # folder dataset without a val split: held out, seeded by train.seed
+    ignore_index: int | None = None          # None: the dataset's (255)
+    label_map: dict[int, int] | None = None  # stored mask value → training label, e.g. {255: 1} for 0/255 masks
     images: str = ""                         # folder layout only
     masks: str = ""
     crop_size: tuple[int, int] = (513, 513)
@@ -77,6 +80,11 @@ class DataConfig:
     classes: tuple[str, ...] = ()            # folder layout only
     max_train_images: int | None = None      # a subset for smoke runs
     max_val_images: int | None = None
+    bootstrap_classes: tuple[str, ...] = ()  # images with any of these classes are repeated ...
+    bootstrap_factor: int = 1                # ... this many times per epoch (the paper's VOC test recipe)
+    holdout_groups: tuple[str, ...] = ()     # validate on these groups of the training split, train on the rest
+    group_pattern: str | None = None         # regex, first group = the group of an image's stem (default: the
+                                             # dataset's, e.g. CamVid's drive)
 
 
 @dataclass
@@ -86,13 +94,16 @@ class TrainConfig:
     lr: float = 0.007
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    classifier_lr_mult: float = 1.0          # the head's lr × this (DeepLab v1/v2: 10 for the new classifier)
     poly_power: float = 0.9
     warmup_iterations: int = 0
     bn_momentum: float = 0.0003              # PyTorch momentum = 1 - the paper's decay 0.9997
     freeze_bn: bool = False                  # the paper's second stage (OS8 fine-tune)
     class_weights: str | tuple[float, ...] | None = None  # None | "median" | explicit weights
+    class_weight_cap: float | None = None    # with "median": clip the weights to [1/cap, cap]
     aux_weight: float = 0.4
-    amp: bool = True                         # CUDA only; ignored on CPU
+    precision: str = "auto"                  # auto (fp16 AMP on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA)
+    channels_last: bool = False              # NHWC activations: faster convolutions on CPU and tensor cores
     sync_bn: bool = True                     # under DDP on CUDA
     grad_accumulation: int = 1
     eval_every: int = 1000
@@ -104,6 +115,8 @@ class TrainConfig:
                                              # (no final eval/save; the schedule still uses iterations)
     seed: int = 0
     log_every: int = 20
+    resume_changes: str = "refuse"           # refuse | warn: resuming with other settings than the checkpoint's
+    dist_timeout_s: float = 600.0            # a collective waiting this long for a peer fails the job
 
 
 @dataclass
@@ -134,6 +147,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {error.start})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides:
@@ -219,6 +234,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if len(item_types) != len(value):
             raise ConfigError(f"{where}: expected {len(item_types)} values, got {value!r}")
         return tuple(_coerce(v, t, where) for v, t in zip(value, item_types))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {value!r} is not a mapping ({_type_name(hint)})")
+        key_type, value_type = args
+        return {_coerce(k, key_type, where): _coerce(v, value_type, where) for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string

@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from .common import add_label_arguments
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     from ..data.datasets import DATASETS
@@ -28,7 +30,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", help="folder of images (folder dataset)")
     parser.add_argument("--masks", help="folder of masks, matched to images by file stem (folder dataset)")
     parser.add_argument("--classes", help="comma-separated class names (folder dataset)")
-    parser.add_argument("--ignore-index", type=int, default=255, help="label value to ignore (default 255)")
+    add_label_arguments(parser)
     parser.add_argument("--skip-bad", action="store_true", help="report bad samples and go on without them")
     parser.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         _check_writable(Path(args.json))  # fail before a long scan, not after it
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     dataset = build_dataset(args.dataset, root=args.root, split=args.split, images_dir=args.images,
-                            masks_dir=args.masks, classes=classes, ignore_index=args.ignore_index)
+                            masks_dir=args.masks, classes=classes, ignore_index=args.ignore_index,
+                            label_map=args.label_map)
     report = scan_dataset(dataset, skip_bad=args.skip_bad, progress=not args.no_progress and sys.stderr.isatty())
     print(report.format())
     if args.json:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..models.backbones.base import VALID_OUTPUT_STRIDES
+from ..models.backbones.base import ALL_OUTPUT_STRIDES
 
 
 def positive_int(text: str) -> int:
@@ -15,6 +16,44 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+DEFAULT_TILE_ABOVE_MP = 2048 * 2048 / 1e6
+
+
+def megapixels(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of megapixels, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 megapixels, got {text}")
+    return value
+
+
+def label_map(text: str) -> dict[int, int]:
+    """``255:1,3:0`` → {255: 1, 3: 0} (stored mask value → training label)."""
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        source, sep, target = item.partition(":")
+        try:
+            mapping[int(source)] = int(target)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"label map entries look like VALUE:LABEL, e.g. 255:1, got {item!r}") \
+                from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"label map entries look like VALUE:LABEL, e.g. 255:1, got {item!r}")
+    if not mapping:
+        raise argparse.ArgumentTypeError("an empty label map")
+    return mapping
+
+
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """How stored mask values become labels: shared by check-data and eval (and data.* in configs)."""
+    parser.add_argument("--ignore-index", type=int, default=None,
+                        help="label value to ignore (default: the dataset's, 255)")
+    parser.add_argument("--label-map", type=label_map, default=None, metavar="VALUE:LABEL,...",
+                        help="map stored mask values to labels, e.g. 255:1 for 0/255 binary masks")
 
 
 def scales(text: str) -> tuple[float, ...]:
@@ -40,13 +79,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                         help="default: onnxruntime for .onnx files, torch otherwise")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--output-stride", type=int, choices=VALID_OUTPUT_STRIDES, default=None,
+    parser.add_argument("--output-stride", type=int, choices=ALL_OUTPUT_STRIDES, default=None,
                         help="run at this output stride (the paper trains at 16, evaluates at 8)")
     parser.add_argument("--scales", type=scales, default=(1.0,),
                         help="test-time scales, e.g. 0.75,1,1.25, or 'paper' for 0.5..1.75 (default 1)")
     parser.add_argument("--flip", action="store_true", help="average with the left-right flipped image")
     parser.add_argument("--tile", type=positive_int, default=None,
-                        help="sliding-window size for large images (bounded memory)")
+                        help="sliding-window size (memory bounded by the tile and the image width)")
+    parser.add_argument("--tile-above", type=megapixels, default=DEFAULT_TILE_ABOVE_MP, metavar="MP",
+                        help=f"images above this many megapixels are tiled on their own (default "
+                             f"{DEFAULT_TILE_ABOVE_MP:.1f}; 0: never)")
     parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument("--crf", action="store_true", help="refine with the dense CRF (pip install 'deeplab[crf]')")
     parser.add_argument("--crf-param", dest="crf_params", action="append", default=[], metavar="KEY=VALUE",
@@ -69,11 +111,32 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
         raise ValueError(f"{args.weights}: --backend onnxruntime runs .onnx files; export one with deeplab export")
     if args.backend == "torch" and loaded.kind == "onnx":
         raise ValueError(f"{args.weights}: an .onnx file runs with --backend onnxruntime")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
+    tile_above = int(args.tile_above * 1e6) if args.tile_above else None
     predictor = Predictor.from_loaded(loaded, device=device, output_stride=args.output_stride, scales=args.scales,
                                       flip=args.flip, tile=args.tile, batch_size=args.batch_size,
-                                      return_probabilities=keep_probabilities or uses_crf(args))
+                                      return_probabilities=keep_probabilities or uses_crf(args),
+                                      tile_above=tile_above, notify=lambda line: print(line, file=sys.stderr))
     return predictor, loaded
+
+
+def resolve_device(name: str | None):
+    """``--device``: cuda when there is one (default), checked here so a missing GPU is one line."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is available here (this torch "
+                             f"{torch.__version__} {'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def uses_crf(args: argparse.Namespace) -> bool:

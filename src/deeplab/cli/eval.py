@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_arguments, build_predictor, crf_postprocess, positive_int, uses_crf
+from .common import (add_label_arguments, add_model_arguments, build_predictor, crf_postprocess, positive_int,
+                     resolve_device, uses_crf)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="folder dataset: images folder")
     parser.add_argument("--masks", help="folder dataset: masks folder")
     parser.add_argument("--classes", help="folder dataset: comma-separated class names")
+    add_label_arguments(parser)
+    parser.add_argument("--groups", help="only these groups (comma-separated; e.g. a held-out CamVid drive 0006R0)")
+    parser.add_argument("--group-pattern", help="regex whose first group is an image's group (default: the dataset's)")
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only")
 
 
@@ -38,14 +42,21 @@ def load_dataset(args: argparse.Namespace):
     from ..data.datasets import build_dataset
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    return build_dataset(args.dataset, root=args.root, split=args.split, images_dir=args.images,
-                         masks_dir=args.masks, classes=classes)
+    dataset = build_dataset(args.dataset, root=args.root, split=args.split, images_dir=args.images,
+                            masks_dir=args.masks, classes=classes, ignore_index=args.ignore_index,
+                            label_map=args.label_map)
+    if args.groups:
+        from ..data.groups import select_groups
+
+        dataset = select_groups(dataset, [g.strip() for g in args.groups.split(",") if g.strip()], args.group_pattern)
+    return dataset
 
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.evaluation import evaluate
     from ..utils.files import atomic_write_bytes
 
+    resolve_device(args.device)  # a bad --device is reported before any data is read
     dataset = load_dataset(args)
     predictor, loaded = build_predictor(args)
     result = evaluate(predictor, dataset, input_size=args.input_size, postprocess=crf_postprocess(args),

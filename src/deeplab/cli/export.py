@@ -14,7 +14,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..models.backbones.base import VALID_OUTPUT_STRIDES
+from ..models.backbones.base import ALL_OUTPUT_STRIDES
 from .common import positive_int
 
 # Largest accepted difference from eager: float logits/probabilities, and the fraction of differing labels
@@ -45,7 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="normalisation mean on x/255 (default: the model file's, ImageNet for --model)")
     parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std (as --mean)")
-    parser.add_argument("--output-stride", type=int, choices=VALID_OUTPUT_STRIDES, default=None,
+    parser.add_argument("--output-stride", type=int, choices=ALL_OUTPUT_STRIDES, default=None,
                         help="export at this output stride (the ASPP rates follow)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.set_defaults(run=run)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give both --mean and --std, or neither")
     from ..data.normalization import Normalization
     from ..export import DEFAULT_OPSET, DYNAMO_MIN_OPSET, check_parity, export_onnx, export_torchscript
-    from ..models.builders import get_model
+    from ..models.registry import get_model
     from ..weights.card import ModelCard
 
     if args.weights is not None:

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..training.engine import TrainingDiverged
     from ..training.runner import run_training
+    from ..utils.distributed import PeerFailure
 
     config = load_config(args.config, args.overrides)
     resume = None if args.fresh else (args.resume or "auto")
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         result = run_training(config, resume=resume, progress=not args.no_progress, check_data=not args.no_check)
     except TrainingDiverged as error:  # not a traceback: the message says the step, loss, lr and what to do
         print(f"deeplab train: diverged: {error}", file=sys.stderr)
+        return 1
+    except PeerFailure as error:
+        print(f"deeplab train: distributed run failed: {error}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=float))

@@ -45,6 +45,7 @@ class ScanReport:
     ignore_pixels: int = 0
     good_indices: list[int] = field(default_factory=list)
     skip_bad: bool = False
+    sample_classes: list[np.ndarray | None] = field(default_factory=list)  # per sample: which classes occur
 
     @property
     def ok(self) -> bool:
@@ -52,12 +53,19 @@ class ScanReport:
 
     @property
     def skipped(self) -> int:
-        return self.num_samples - len(self.good_indices)
+        """Samples left out of training: the bad ones, when asked to skip them (none otherwise — then they
+        stop training instead)."""
+        return self.num_samples - len(self.good_indices) if self.skip_bad else 0
 
     @property
     def usable(self) -> bool:
         """Training may go on: no problems, or the user asked to skip bad files and some are left."""
         return self.ok or (self.skip_bad and bool(self.good_indices))
+
+    def images_with(self, classes: list[int]) -> list[int]:
+        """Indices (into the good samples, in order) of the images where any of ``classes`` occurs."""
+        return [k for k, index in enumerate(self.good_indices)
+                if self.sample_classes[index] is not None and self.sample_classes[index][classes].any()]
 
     def class_weights(self) -> list[float | None]:
         """Median-frequency balancing weights; ``None`` for classes that never occur."""
@@ -160,9 +168,11 @@ def _check_sample(dataset: SegmentationDataset, index: int, num_classes: int) ->
         result.problems.append((str(mask_path), f"size {label.shape[1]}x{label.shape[0]} differs from image "
                                                 f"{image_path} {image.shape[1]}x{image.shape[0]} (W x H){hint}"))
     values = np.unique(raw)
-    if len(values) == 2 and values.tolist() == [0, 255] and 255 not in dataset.info.label_map:
-        result.problems.append((str(mask_path), "looks like a binary 0/255 mask (values only 0 and 255): map 255 to "
-                                                "1 (label_map={255: 1}) or, if 255 really means ignore, declare it"))
+    if len(values) == 2 and values.tolist() == [0, 255] and 255 not in dataset.info.label_map \
+            and not dataset.info.ignore_declared:
+        result.problems.append((str(mask_path), "looks like a binary 0/255 mask (values only 0 and 255): to train "
+                                                "255 as class 1 add --label-map 255:1 (config: data.label_map: "
+                                                "{255: 1}); if 255 means ignore, add --ignore-index 255"))
         return result
     bad = (label < 0) | ((label >= num_classes) & (label != ignore))
     if bad.any():
@@ -200,6 +210,7 @@ def scan_dataset(dataset: SegmentationDataset, num_classes: int | None = None, *
             bar.update()
             report.problems += result.problems
             report.notes += result.notes
+            report.sample_classes.append(None if result.counts is None else result.counts > 0)
             if result.problems:
                 continue
             report.good_indices.append(index)

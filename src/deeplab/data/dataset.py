@@ -31,7 +31,9 @@ class DatasetInfo:
     ``label_map`` maps stored mask values to training labels (CamVid's void 11 → 255; Cityscapes labelIds →
     trainIds); values not in it pass through unchanged, so stray values stay visible to the scan.
     ``rgb_masks`` says whether RGB-coded masks may be decoded through ``palette`` (+ ``ignore_color``);
-    otherwise an RGB mask is rejected rather than guessed.
+    otherwise an RGB mask is rejected rather than guessed. ``ignore_declared`` says whether the ignore value
+    is the dataset's own (or the user's) rather than a default. ``group_pattern``: a regular expression whose first
+    group, matched against an image's file stem, names the sequence it belongs to (``data/groups.py``).
     """
 
     name: str
@@ -41,6 +43,8 @@ class DatasetInfo:
     label_map: dict[int, int] = field(default_factory=dict)
     rgb_masks: bool = False
     ignore_color: Color | None = None
+    group_pattern: str | None = None
+    ignore_declared: bool = True  # False: the ignore value is only the default (a 0/255 mask is then suspicious)
 
     @property
     def num_classes(self) -> int:

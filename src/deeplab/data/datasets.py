@@ -9,6 +9,7 @@ Layout mistakes fail at construction (``layout.py``); file *contents* are checke
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,7 +42,7 @@ def folder_dataset(images_dir: PathLike, masks_dir: PathLike | None, split_file:
                         image_pattern="<stem>.{" + ",".join(s[1:] for s in IMAGE_SUFFIXES) + "}",
                         mask_pattern="<stem>.{" + ",".join(s[1:] for s in MASK_SUFFIXES) + "}")
     info = DatasetInfo(name, list(classes), list(palette) if palette else voc_colormap(len(classes)),
-                       ignore_index, dict(label_map or {}), rgb_masks=palette is not None)
+                       ignore_index, dict(label_map or {}), rgb_masks=palette is not None, ignore_declared=False)
     return SegmentationDataset(pairs, info, transform)
 
 
@@ -88,8 +89,9 @@ CAMVID_VOID = 11  # stored void value; trained as ignore
 # The SegNet tutorial's colours for its 11 classes; void is black.
 CAMVID_PALETTE = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
                   (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
+CAMVID_SEQUENCE = r"^([^_]+)_"  # 0006R0_f00930 → drive 0006R0; 0016E5_07959 → 0016E5
 CAMVID_INFO = DatasetInfo("camvid", CAMVID_CLASSES, CAMVID_PALETTE, 255, {CAMVID_VOID: 255}, rgb_masks=True,
-                          ignore_color=(0, 0, 0))
+                          ignore_color=(0, 0, 0), group_pattern=CAMVID_SEQUENCE)
 
 
 def camvid_dataset(root: PathLike, split: str = "train", *, transform: Callable | None = None
@@ -150,19 +152,37 @@ DEFAULT_SPLITS = {"voc": "val", "camvid": "train", "cityscapes": "train"}
 
 def build_dataset(name: str, *, root: PathLike | None = None, split: str | None = None,
                   images_dir: PathLike | None = None, masks_dir: PathLike | None = None,
-                  classes: Sequence[str] | None = None, ignore_index: int = 255,
-                  transform: Callable | None = None) -> SegmentationDataset:
-    """One entry point for the command line and configs; usage mistakes raise ``ValueError``."""
+                  classes: Sequence[str] | None = None, ignore_index: int | None = None,
+                  label_map: dict[int, int] | None = None, transform: Callable | None = None) -> SegmentationDataset:
+    """One entry point for the command line and configs; usage mistakes raise ``ValueError``.
+
+    ``split``: a split name or list file (the folder dataset without one uses every matched pair);
+    ``ignore_index`` and ``label_map`` (stored mask value → training label, e.g. ``{255: 1}`` for 0/255 binary
+    masks) override the dataset's own."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == "folder":
         if images_dir is None or masks_dir is None or not classes:
             raise ValueError("the folder dataset needs images and masks folders and the class names")
-        return folder_dataset(images_dir, masks_dir, split, classes=classes, ignore_index=ignore_index,
-                              transform=transform)
-    if root is None:
+        dataset = folder_dataset(images_dir, masks_dir, split or None, classes=classes,
+                                 ignore_index=255 if ignore_index is None else ignore_index, transform=transform)
+    elif root is None:
         raise ValueError(f"the {name} dataset needs its root folder")
-    return DATASETS[name](root, split or DEFAULT_SPLITS[name], transform=transform)
+    else:
+        dataset = DATASETS[name](root, split or DEFAULT_SPLITS[name], transform=transform)
+    return with_labels(dataset, ignore_index, label_map)
+
+
+def with_labels(dataset: SegmentationDataset, ignore_index: int | None,
+                label_map: dict[int, int] | None) -> SegmentationDataset:
+    """The dataset with another ignore value and/or extra stored-value → label mappings."""
+    if ignore_index is None and not label_map:
+        return dataset
+    info = dataset.info
+    dataset.info = replace(info, ignore_index=info.ignore_index if ignore_index is None else ignore_index,
+                           label_map={**info.label_map, **(label_map or {})},
+                           ignore_declared=info.ignore_declared or ignore_index is not None)
+    return dataset
 
 
 __all__ = ["CAMVID_CLASSES", "CITYSCAPES_CLASSES", "DATASETS", "VOC_CLASSES", "build_dataset", "camvid_dataset",

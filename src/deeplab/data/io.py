@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -28,30 +28,48 @@ class ImageReadError(ValueError):
     """An image or label file that cannot be used; the message starts with the path."""
 
 
-def open_verified(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open, size-check, fully decode and EXIF-orient an image file; one-line errors naming the file."""
+class TooManyPixels(ImageReadError):
+    """More pixels than the cap allows (a decompression bomb, or an image to tile first)."""
+
+
+def open_verified(path: str | os.PathLike, max_pixels: int = MAX_PIXELS,
+                  size_hint: tuple[int, int] | None = None) -> Image.Image:
+    """Open, size-check, fully decode and EXIF-orient an image file; one-line errors naming the file.
+    ``size_hint`` (W, H) lets a JPEG decode at the smallest power-of-two reduction still at least that size."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
+    return decode(path, str(path), max_pixels, size_hint)
+
+
+def decode(source: str | os.PathLike | BinaryIO, name: str, max_pixels: int = MAX_PIXELS,
+           size_hint: tuple[int, int] | None = None, formats: tuple[str, ...] = IMAGE_FORMATS) -> Image.Image:
+    """Decode a path or file object (e.g. an HTTP upload) with the pixel cap checked from the header, before
+    any pixel is decoded; ``name`` is what errors call it."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path, formats=IMAGE_FORMATS)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap, checked next, decides
+            image = Image.open(source, formats=formats)
             width, height = image.size
+            if size_hint is not None and image.format == "JPEG":
+                image.draft("RGB", size_hint)  # DCT scaling: decodes 1/2, 1/4 or 1/8 of the pixels
+                width, height = image.size
             if width * height > max_pixels:
-                raise ImageReadError(f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
-                                     "(a decompression bomb or an image to tile first)")
+                raise TooManyPixels(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
+                                    "(a decompression bomb or an image to tile first)")
             image.load()
             return ImageOps.exif_transpose(image)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageReadError(f"{path}: {error}") from None
+        raise TooManyPixels(f"{name}: {error}") from None
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImageReadError(f"{path}: not a readable image ({message})") from None
+        if isinstance(source, (str, os.PathLike)):  # Pillow names the file again; the message names it once
+            message = message.replace(f" '{os.fspath(source)}'", "").replace(os.fspath(source), "the file")
+        raise ImageReadError(f"{name}: not a readable image ({message})") from None
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -68,12 +86,17 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[..., None], 3, axis=2)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA").convert("RGB")
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    # One copy out of Pillow, no more: an 80 MP photo is 240 MB, and each extra copy counts in a tiled run.
+    return np.array(image, dtype=np.uint8)
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An image file as H×W×3 uint8 RGB, EXIF-oriented."""
-    return to_rgb(open_verified(path, max_pixels))
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS,
+               size_hint: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as H×W×3 uint8 RGB, EXIF-oriented. ``size_hint`` (W, H): the size it will be resized to;
+    a JPEG much larger than that is decoded at a reduced scale (Pillow's ``draft``), never whole."""
+    return to_rgb(open_verified(path, max_pixels, size_hint))
 
 
 def read_label(path: str | os.PathLike, palette: Sequence[Sequence[int]] | None = None,

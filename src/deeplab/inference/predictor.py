@@ -10,14 +10,18 @@ import contextlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.normalization import Normalization, check_image
+from .streaming import stream_labels
 from .tta import ForwardFn, predict_probabilities, validate_tta
+
+DEFAULT_TILE = 513  # the paper's crop: windows the size the models were trained at
+DEFAULT_TILE_ABOVE = 2048 * 2048  # pixels: above this, prediction tiles on its own (4 MP; ~1 GB for MobileNetV2)
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -25,8 +29,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Prediction:
-    """One image's result: ``labels`` (H×W int64 class indices), ``probabilities`` (C×H×W float32, or None
-    when the Predictor was asked not to keep them), ``class_names`` (C names)."""
+    """One image's result: ``labels`` (H×W class indices: int64, or uint8/int16 for an image predicted by
+    streaming windows), ``probabilities`` (C×H×W float32, or None when the Predictor was asked not to keep
+    them), ``class_names`` (C names)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
@@ -57,7 +62,10 @@ class Predictor:
             calls, and its config is never changed.
         scales, flip: multi-scale and left-right flip test-time augmentation (``PAPER_SCALES``, True for the
             paper's protocol); probabilities are averaged.
-        tile, tile_overlap, window_batch_size: sliding-window inference for images larger than ``tile``.
+        tile, tile_overlap, window_batch_size: sliding-window inference for images larger than ``tile``; at a
+            single scale it streams (``streaming.py``: memory bounded by the tile and the image width).
+        tile_above: images with more pixels than this are tiled (``DEFAULT_TILE`` windows) even without
+            ``tile`` — said once through ``notify``; None never tiles on its own.
         batch_size: images per forward pass. Images of different sizes are bucketed by size and each bucket
             runs in batches of this size, so every image is predicted exactly as if alone (up to float
             rounding); nothing is padded.
@@ -89,6 +97,8 @@ class Predictor:
         channels_last: bool = True,
         return_probabilities: bool = True,
         align_corners: bool | None = None,
+        tile_above: int | None = DEFAULT_TILE_ABOVE,
+        notify: Callable[[str], Any] | None = None,
     ) -> None:
         if not isinstance(normalization, Normalization):
             raise TypeError("normalization must be a deeplab.data.normalization.Normalization, got "
@@ -108,6 +118,11 @@ class Predictor:
         self.class_names = tuple(str(n) for n in class_names) if class_names is not None else None
         self.amp, self.channels_last = bool(amp), bool(channels_last)
         self.return_probabilities = bool(return_probabilities)
+        if tile_above is not None and (isinstance(tile_above, bool) or not isinstance(tile_above, int)
+                                       or tile_above < 1):
+            raise ValueError(f"tile_above must be a positive number of pixels or None, got {tile_above!r}")
+        self.tile_above, self.notify, self._told = tile_above, notify, False
+        self._classes: int | None = None
         self.model = model
         self.backend = backend
         self.output_stride = output_stride
@@ -169,15 +184,58 @@ class Predictor:
                                          tile_overlap=self.tile_overlap, align_corners=self.align_corners,
                                          window_batch_size=self.window_batch_size, amp=self.amp)
 
+    def streams(self, image: np.ndarray) -> bool:
+        """Whether ``image`` is predicted by streaming windows (a tile at a single scale, or above
+        ``tile_above``); multi-scale above ``tile_above`` is refused: it needs each rescaled image whole."""
+        pixels = image.shape[0] * image.shape[1]
+        auto = self.tile_above is not None and pixels > self.tile_above
+        if self.scales != (1.0,):
+            if auto:
+                raise ValueError(f"{image.shape[1]}x{image.shape[0]} is above the {self.tile_above:,}-pixel tiling "
+                                 "budget and multi-scale needs every rescaled image whole in memory; predict it "
+                                 "at a single scale (flip works), or raise the budget (--tile-above)")
+            return False
+        return self.tile is not None or auto
+
+    def predict_streamed(self, image: np.ndarray, probabilities_out: np.ndarray | None = None) -> np.ndarray:
+        """Labels of one image by streaming windows (``streaming.stream_labels``); ``probabilities_out``
+        (C×H×W, e.g. ``streaming.open_probability_file``) receives the probabilities band by band."""
+        image = check_image(image, "image")
+        tile = self.tile or DEFAULT_TILE
+        if self.tile is None and not self._told:
+            self._told = True
+            if self.notify is not None:
+                self.notify(f"images above {self.tile_above / 1e6:.1f} MP are predicted in {tile}x{tile} windows "
+                            "(memory bounded by the tile and the image width)")
+        with self._stride(), torch.inference_mode():
+            return stream_labels(self._forward, image, self.normalization, tile, overlap=self.tile_overlap,
+                                 flip=self.flip, window_batch_size=self.window_batch_size, amp=self.amp,
+                                 device=self.device, probabilities_out=probabilities_out)
+
+    @property
+    def num_classes(self) -> int:
+        """The model's output channels (from the class names, else one tiny forward pass)."""
+        if self._classes is None:
+            if self.class_names is not None:
+                self._classes = len(self.class_names)
+            else:
+                self._classes = self.predict_batch([np.zeros((33, 33, 3), np.uint8)]).shape[1]
+        return self._classes
+
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """One ``Prediction`` per H×W×3 uint8 image, in order. Sizes may differ: equal sizes are batched."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise ValueError("predict takes a sequence of images; wrap a single image in a list: predict([image])")
         images = [check_image(image, f"images[{i}]") for i, image in enumerate(images)]
         results: list[Prediction | None] = [None] * len(images)
-        for indices in self._batches(images):
+        streamed = [i for i, image in enumerate(images) if self.streams(image)]
+        for i in streamed:
+            names = self.class_names_for(self.num_classes)
+            probs = np.empty((len(names), *images[i].shape[:2]), np.float32) if self.return_probabilities else None
+            results[i] = Prediction(self.predict_streamed(images[i], probs), probs, names)
+        for indices in self._batches([None if i in streamed else image for i, image in enumerate(images)]):
             probs = self.predict_batch([images[i] for i in indices])
-            names = self._names(probs.shape[1])
+            names = self.class_names_for(probs.shape[1])
             labels = probs.argmax(dim=1).cpu().numpy().astype(np.int64)
             kept = probs.cpu().numpy().astype(np.float32, copy=False) if self.return_probabilities else None
             for j, i in enumerate(indices):
@@ -185,15 +243,17 @@ class Predictor:
                                         class_names=names)
         return results  # type: ignore[return-value]
 
-    def _batches(self, images: Sequence[np.ndarray]) -> Iterator[list[int]]:
+    def _batches(self, images: Sequence[np.ndarray | None]) -> Iterator[list[int]]:
         buckets: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, image in enumerate(images):
-            buckets[image.shape].append(i)
+            if image is not None:  # None: predicted another way
+                buckets[image.shape].append(i)
         for indices in buckets.values():
             for start in range(0, len(indices), self.batch_size):
                 yield indices[start:start + self.batch_size]
 
-    def _names(self, num_classes: int) -> tuple[str, ...]:
+    def class_names_for(self, num_classes: int) -> tuple[str, ...]:
+        """The class names of a ``num_classes``-output model: the given ones (checked) or "0", "1", ..."""
         if self.class_names is None:
             return tuple(str(i) for i in range(num_classes))
         if len(self.class_names) != num_classes:

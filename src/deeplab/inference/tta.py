@@ -20,7 +20,7 @@ PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 ForwardFn = Callable[[Tensor], Any]  # normalised N×3×H×W float → N×C×h×w logits (tensor or array)
 
 
-def _logits(forward: ForwardFn, x: Tensor, amp: bool) -> Tensor:
+def logits_of(forward: ForwardFn, x: Tensor, amp: bool) -> Tensor:
     """One forward pass → float32 N×C×H×W logits at ``x``'s size, whatever the callable returns."""
     if amp and x.device.type == "cuda":
         with torch.autocast(device_type="cuda", dtype=torch.float16):
@@ -64,7 +64,7 @@ def sliding_window_probabilities(forward: ForwardFn, x: Tensor, tile: int, *, ov
     """
     n, _, height, width = x.shape
     if height <= tile and width <= tile:
-        return torch.softmax(_logits(forward, x, amp), dim=1)
+        return torch.softmax(logits_of(forward, x, amp), dim=1)
     stride = max(1, int(round(tile * (1.0 - overlap))))
     padded_h, padded_w = max(height, tile), max(width, tile)
     if (padded_h, padded_w) != (height, width):
@@ -79,7 +79,7 @@ def sliding_window_probabilities(forward: ForwardFn, x: Tensor, tile: int, *, ov
     for start in range(0, len(windows), window_batch_size):
         chunk = windows[start:start + window_batch_size]
         crops = torch.cat([x[i:i + 1, :, top:top + tile, left:left + tile] for i, top, left in chunk])
-        probs = torch.softmax(_logits(forward, crops, amp), dim=1)
+        probs = torch.softmax(logits_of(forward, crops, amp), dim=1)
         if total is None:
             total = torch.zeros(n, probs.shape[1], padded_h, padded_w, dtype=torch.float32, device=x.device)
         for (i, top, left), p in zip(chunk, probs):
@@ -140,7 +140,7 @@ def _tta(forward: ForwardFn, batch: Tensor, scales: tuple[float, ...], flip: boo
 
     def run(x: Tensor) -> Tensor:
         if tile is None:
-            return torch.softmax(_logits(forward, x, amp), dim=1)
+            return torch.softmax(logits_of(forward, x, amp), dim=1)
         return sliding_window_probabilities(forward, x, tile, overlap=tile_overlap,
                                             window_batch_size=window_batch_size, amp=amp)
 

@@ -25,14 +25,14 @@ class Logbook:
         self.run_dir, self.class_names, self.enabled = Path(run_dir), list(class_names), enabled
         self.csv = self.run_dir / "metrics.csv"
         self.series: dict[str, list[tuple[float, float]]] = {"train loss": [], "lr": [], "images/s": [],
-                                                             "val mIoU": [], "val pixel acc": []}
+                                                             "loader wait": [], "val mIoU": [], "val pixel acc": []}
         if enabled and resume_from and self.csv.is_file():
             for name, points in read_metrics_csv(self.csv).items():
                 self.series[name] = [(x, y) for x, y in points if x <= resume_from]
         self.tensorboard = _tensorboard(self.run_dir) if enabled else None
 
-    def training(self, step: int, loss: float, lr: float, images_per_second: float) -> None:
-        self._add(step, {"train loss": loss, "lr": lr, "images/s": images_per_second})
+    def training(self, step: int, loss: float, lr: float, images_per_second: float, loader_wait: float = 0.0) -> None:
+        self._add(step, {"train loss": loss, "lr": lr, "images/s": images_per_second, "loader wait": loader_wait})
         if self.enabled:
             write_metrics_csv(self.series, self.csv)
 

@@ -18,9 +18,10 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, save_config
 from ..inference.evaluation import evaluate
 from ..inference.predictor import Predictor
-from ..utils.distributed import DistInfo, barrier, broadcast_from_main, cleanup, init_distributed, mean_across_ranks
+from ..utils.distributed import (DistInfo, barrier, broadcast_from_main, cleanup, init_distributed,
+                                 mean_across_ranks, peer_failure)
 from ..utils.files import ensure_writable_dir
-from .engine import Stopwatch, TrainingDiverged, train_one_step
+from .engine import Stopwatch, TrainingDiverged, autocast_dtype, train_one_step
 from .logbook import Logbook
 from .sampler import step_seed
 from .setup import TrainingRun, build_run, distribute, make_loader, restore, set_train_mode
@@ -33,14 +34,15 @@ def run_training(config: Config, *, resume: str | None = "auto", progress: bool 
     """Train per ``config``; returns the final metrics. ``resume``: "auto" (newest valid checkpoint in the
     run folder), a checkpoint path, or None (start fresh; refuses a folder that already has checkpoints)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    info = init_distributed(device)
+    info = init_distributed(device, config.train.dist_timeout_s)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     log = print if info.is_main else (lambda *_: None)
     try:
         check_train_settings(config)
+        autocast_dtype(config.train.precision, device)  # an impossible precision fails before any work
         if info.is_main:
-            ensure_writable_dir(config.run_dir)
+            ensure_writable_dir(config.run_dir, keep=False)  # created when training starts, not if refused
         if resume is None:
             refuse_earlier_run(config.run_dir)
         run = build_run(config, device, info, log, progress=progress, check_data=check_data)
@@ -51,6 +53,11 @@ def run_training(config: Config, *, resume: str | None = "auto", progress: bool 
                 restore(run, *found)
         distribute(run)
         return train(run, progress)
+    except RuntimeError as error:
+        failure = peer_failure(error, info, config.train.dist_timeout_s)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         cleanup(info)
 
@@ -66,8 +73,13 @@ def check_train_settings(config: Config) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(train_cfg, key)}")
     # ASPP's image-pooling branch pools each image to one value per channel, so its batch norm sees
     # ``batch_size`` values per process and cannot train on one. The model refuses a 1-image batch at the
-    # first forward pass; say so before the dataset scan and model build instead.
-    if config.model.image_pooling and not train_cfg.freeze_bn and train_cfg.batch_size < 2:
+    # first forward pass; say so before the dataset scan and model build instead. (v1/v2 have no pooling.)
+    pooled = config.model.arch in ("deeplabv3", "deeplabv3plus") and config.model.image_pooling is not False
+    if train_cfg.resume_changes not in ("refuse", "warn"):
+        raise ValueError(f"train.resume_changes must be refuse or warn, got {train_cfg.resume_changes!r}")
+    if not train_cfg.dist_timeout_s > 0:
+        raise ValueError(f"train.dist_timeout_s must be a positive number of seconds, got {train_cfg.dist_timeout_s}")
+    if pooled and not train_cfg.freeze_bn and train_cfg.batch_size < 2:
         raise ValueError(f"train.batch_size={train_cfg.batch_size}: the ASPP image-pooling batch norm cannot train "
                          "on 1 image per process; use train.batch_size >= 2, train.freeze_bn=true or "
                          "model.image_pooling=false")
@@ -86,6 +98,8 @@ def train(run: TrainingRun, progress: bool) -> dict[str, Any]:
     """The loop: steps until the schedule ends, ``stop_after`` steps were taken or the time budget is spent;
     log, validate and save at their intervals; then the final validation and checkpoint."""
     cfg, info = run.config.train, run.info
+    if info.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
     logbook = Logbook(run.run_dir, run.card.classes, enabled=info.is_main, resume_from=run.start)
     if info.is_main:
         save_config(run.config, run.run_dir / "config.yaml")
@@ -98,17 +112,20 @@ def train(run: TrainingRun, progress: bool) -> dict[str, Any]:
     bar = tqdm(total=cfg.iterations, initial=run.start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and info.is_main))
     while iteration < stop_at and not out_of_time(stopwatch, info):
+        waited = time.monotonic()
         micro = [next(batches) for _ in range(cfg.grad_accumulation)]
+        meter.waited(time.monotonic() - waited)
         torch.manual_seed(step_seed(cfg.seed, iteration, info.rank))
         step = train_one_step(run.model, micro, run.loss_fn, run.optimizer, run.scheduler, run.scaler, run.device,
-                              amp=run.amp, iteration=iteration, info=info)
+                              iteration=iteration, autocast=run.autocast, channels_last=cfg.channels_last, info=info)
         iteration += 1
         bar.update()
         meter.add(step.loss, step.images * info.world_size)
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
-            loss, rate = mean_across_ranks(meter.mean_loss, info), meter.rate()  # every rank logs at the same steps
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step.lr:.2e}", img_s=f"{rate:.2f}")
-            logbook.training(iteration, loss, step.lr, rate)
+            loss = mean_across_ranks(meter.mean_loss, info)  # every rank logs at the same steps
+            wait, rate = meter.wait_share(), meter.rate()
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step.lr:.2e}", img_s=f"{rate:.2f}", wait=f"{wait:.0%}")
+            logbook.training(iteration, loss, step.lr, rate, wait)
         if iteration % cfg.eval_every == 0:
             result = validate(run, iteration, logbook, stopwatch, progress)
         if iteration % cfg.checkpoint_every == 0:
@@ -143,7 +160,7 @@ def validate(run: TrainingRun, step: int, logbook: Logbook, stopwatch: Stopwatch
     """The val-split evaluation (``deeplab eval``'s loop, at ``train.eval_output_stride``); keeps ``best.pt``."""
     predictor = Predictor(run.net, normalization=run.card.normalization, device=run.device,
                           output_stride=run.config.train.eval_output_stride, class_names=run.card.classes,
-                          channels_last=False, return_probabilities=False)
+                          channels_last=run.config.train.channels_last, return_probabilities=False)
     matrix = evaluate(predictor, run.val_set, progress=progress, info=run.info).matrix
     set_train_mode(run.model, run.config.train.freeze_bn)
     summary = matrix.summary(run.card.classes)
@@ -175,24 +192,31 @@ def save_checkpoint(run: TrainingRun, step: int, stopwatch: Stopwatch, tag: str 
 
 
 class RateMeter:
-    """The mean training loss and images/s since the last report."""
+    """The mean training loss, images/s and the share of time spent waiting for the loader since the last
+    report (a loader that starves the model shows here before anywhere else)."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
-        self.images, self.start = 0, time.monotonic()
+        self.images, self.wait, self.start = 0, 0.0, time.monotonic()
 
     def add(self, loss: float, images: int) -> None:
         self.losses.append(loss)
         self.images += images
 
+    def waited(self, seconds: float) -> None:
+        self.wait += seconds
+
     @property
     def mean_loss(self) -> float:
         return sum(self.losses) / len(self.losses)
 
+    def wait_share(self) -> float:
+        return self.wait / max(time.monotonic() - self.start, 1e-9)
+
     def rate(self) -> float:
         """Images/s since the last call (or since the meter started), then start a new window."""
         rate = self.images / max(time.monotonic() - self.start, 1e-9)
-        self.losses, self.images, self.start = [], 0, time.monotonic()
+        self.losses, self.images, self.wait, self.start = [], 0, 0.0, time.monotonic()
         return rate
 
 

@@ -14,7 +14,25 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT_MINUTES = 10
+DEFAULT_TIMEOUT_S = 600.0
+PEER_FAILURE_MARKS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout",
+                      "processgroup", "broken pipe")
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed because another process of the job died or stopped answering; the message names
+    this rank and the timeout."""
+
+
+def peer_failure(error: RuntimeError, info: "DistInfo", timeout_s: float) -> PeerFailure | None:
+    """The one-line PeerFailure an error of a collective means, or None for any other RuntimeError."""
+    text = str(error).strip()
+    if not info.enabled or not any(mark in text.lower() for mark in PEER_FAILURE_MARKS):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)[:200]
+    return PeerFailure(f"rank {info.rank} of {info.world_size} lost its peers ({first}): a process of the job died "
+                       f"(its launcher's log names the rank) or did not answer within {timeout_s:g} s "
+                       "(train.dist_timeout_s)")
 
 
 @dataclass(frozen=True)
@@ -42,8 +60,9 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
-def init_distributed(device: torch.device, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistInfo:
-    """Join the process group torchrun set up (no-op for a single process)."""
+def init_distributed(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
+    """Join the process group torchrun set up (no-op for a single process); a collective that waits longer
+    than ``timeout_s`` for a peer fails instead of hanging the job."""
     if not launched_by_torchrun():
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
@@ -51,7 +70,7 @@ def init_distributed(device: torch.device, timeout_minutes: float = DEFAULT_TIME
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return info
 
 

@@ -55,16 +55,25 @@ def colorize(labels: np.ndarray, palette: Palette | None = None, ignore_index: i
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: Palette | None = None, *, alpha: float = 0.5,
-            ignore_index: int | None = 255) -> np.ndarray:
+            ignore_index: int | None = 255, band_rows: int = 512) -> np.ndarray:
     """Blend class colours over the photo (``alpha`` = colour weight). Ignore pixels and classes coloured pure
-    black (VOC's background) keep the photo, so the scene stays visible around the objects."""
-    colours = colorize(labels, palette, ignore_index)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
-    keep = ~colours.any(axis=-1)
-    if ignore_index is not None:
-        keep |= labels == ignore_index
-    blended[keep] = image[keep]
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    black (VOC's background) keep the photo, so the scene stays visible around the objects. Computed
+    ``band_rows`` rows at a time, so the float arithmetic never holds a whole 80 MP image."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha!r}")
+    table = _full_palette(palette, ignore_index)
+    out = np.empty(image.shape, dtype=np.uint8)
+    for top in range(0, image.shape[0], band_rows):
+        rows = slice(top, top + band_rows)
+        band, classes = image[rows], labels[rows]
+        colours = table[np.clip(classes, 0, 255).astype(np.int64)]
+        blended = (1 - alpha) * band.astype(np.float32) + alpha * colours.astype(np.float32)
+        keep = ~colours.any(axis=-1)
+        if ignore_index is not None:
+            keep |= classes == ignore_index
+        blended[keep] = band[keep]
+        out[rows] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    return out
 
 
 def side_by_side(*panels: np.ndarray, gap: int = 4) -> np.ndarray:

@@ -9,6 +9,7 @@ last layer and says which keys it skipped.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,8 +56,22 @@ def read_file(path: str | os.PathLike) -> Any:
             return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and safetensors errors have no common base class
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise WeightsError(f"{path}: not a readable weights file ({type(error).__name__}: {reason})") from None
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if refused:
+            raise WeightsError(f"{path}: holds code this tool will not run (it pickles {refused.group(1)}, which "
+                               "weights have no use for); if you trust the file, re-save its tensors as a state "
+                               "dict (torch.save(model.state_dict())) or as safetensors where it was made") from None
+        raise WeightsError(f"{path}: not a readable weights file ({type(error).__name__}: "
+                           f"{first_sentence(str(error)) or 'no details'})") from None
+
+
+def first_sentence(text: str, limit: int = 240) -> str:
+    """The first line of an error message, shortened at a sentence or clause end, never mid-word."""
+    line = next((part.strip() for part in text.strip().splitlines() if part.strip()), "")
+    if len(line) <= limit:
+        return line
+    cut = max(line.rfind(mark, 0, limit) for mark in (". ", "; ", ": ", ", "))
+    return (line[:cut + 1] if cut > 0 else line[:line.rfind(" ", 0, limit)]).rstrip(",;: ") + " …"
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, Tensor]) -> StateDict:

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..models.builders import build_model
+from ..models.registry import build_model
 from ..models.deeplab import DeepLab
 from ..utils.files import atomic_torch_save, atomic_write_bytes
 from .card import HEADER_KEY, ModelCard, check_header, is_deeplab_header, payload_digest
