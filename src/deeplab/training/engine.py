@@ -41,22 +41,40 @@ def step_normaliser(loss_fn: SegmentationLoss, labels: Sequence[Tensor], info: D
     return (all_reduce_sum(local, info) / info.world_size).float()
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``train.precision`` on ``device`` (None: plain fp32). bf16 needs no loss scaling;
+    fp16 (CUDA) does, so it comes with a GradScaler."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs CUDA; on the CPU use bf16 (or fp32)")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def train_one_step(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss_fn: SegmentationLoss,
                    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
-                   device: torch.device, *, amp: bool, iteration: int, info: DistInfo = DistInfo()) -> StepResult:
-    """One optimiser step over ``len(batches)`` accumulated micro-batches. ``iteration``: steps done before
-    this one (messages count steps from 1, as metrics.csv and checkpoint names do). Under DDP every rank must
-    call it (the loss normaliser is summed across ranks)."""
+                   device: torch.device, *, iteration: int, autocast: torch.dtype | None = None,
+                   channels_last: bool = False, info: DistInfo = DistInfo()) -> StepResult:
+    """One optimiser step over ``len(batches)`` accumulated micro-batches, under ``autocast`` (a dtype, or None
+    for fp32), with channels-last inputs if asked. ``iteration``: steps done before this one (messages count
+    steps from 1, as metrics.csv and checkpoint names do). Under DDP every rank must call it (the loss
+    normaliser is summed across ranks)."""
     optimizer.zero_grad(set_to_none=True)
-    batches = [(image.to(device, non_blocking=True), label.to(device, non_blocking=True))
-               for image, label in batches]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batches = [(image.to(device, non_blocking=True).contiguous(memory_format=memory_format),
+                label.to(device, non_blocking=True)) for image, label in batches]
     denominator = step_normaliser(loss_fn, [label for _, label in batches], info)
     total, images = 0.0, 0
     for micro, (image, label) in enumerate(batches):
         sync = contextlib.nullcontext()
         if isinstance(model, DistributedDataParallel) and micro < len(batches) - 1:
             sync = model.no_sync()  # all-reduce gradients once per step, not per micro-batch
-        with sync, torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with sync, torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             loss = loss_fn(model(image), label, denominator)
         if not torch.isfinite(loss):
             lr = optimizer.param_groups[0]["lr"]
