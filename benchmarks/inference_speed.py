@@ -19,9 +19,7 @@ Run: ``.venv/bin/python benchmarks/inference_speed.py [--repeats 5] [--warmup 2]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -29,6 +27,7 @@ from typing import Callable
 import torch
 
 from deeplab.models import deeplabv3
+from deeplab.utils.machine import cpu_name
 
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "mobilenet_v2 x0.5": lambda: deeplabv3(backbone="mobilenet_v2", width_mult=0.5, num_classes=21),
@@ -41,14 +40,6 @@ VARIANTS = {  # name: (grad mode, channels_last)
     "no_grad+CL": (torch.no_grad, True),
     "inference_mode+CL": (torch.inference_mode, True),
 }
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def time_variants(build: Callable[[], torch.nn.Module], output_stride: int, size: int, warmup: int,

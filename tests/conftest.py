@@ -57,11 +57,12 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-def copy_camvid(src: Path, dst: Path, split: str, count: int, size: tuple[int, int]) -> None:
-    """``count`` real CamVid pairs resized to ``size`` (W, H): image bilinear, mask nearest (void kept)."""
-    (dst / split).mkdir(parents=True)
-    (dst / f"{split}annot").mkdir()
-    for path in sorted((src / split).glob("*.png"))[:count]:
+def copy_camvid(src: Path, dst: Path, split: str, count: int, size: tuple[int, int], start: int = 0) -> None:
+    """``count`` real CamVid pairs from the ``start``-th (in name order) resized to ``size`` (W, H): image
+    bilinear, mask nearest (void kept)."""
+    (dst / split).mkdir(parents=True, exist_ok=True)
+    (dst / f"{split}annot").mkdir(exist_ok=True)
+    for path in sorted((src / split).glob("*.png"))[start:start + count]:
         Image.open(path).convert("RGB").resize(size, Image.Resampling.BILINEAR).save(dst / split / path.name)
         mask = np.asarray(Image.open(src / f"{split}annot" / path.name).resize(size, Image.Resampling.NEAREST))
         Image.fromarray(mask, mode="L").save(dst / f"{split}annot" / path.name)
@@ -85,9 +86,9 @@ def make_config(root: Path, output_dir: Path, *overrides: str, name: str = "run"
                               f"name={name}", *overrides])
 
 
-def train_cli(config_file: Path, *args: str, cwd: Path, torchrun: int = 0,
-              timeout: float = 300) -> subprocess.CompletedProcess:
-    """``deeplab train`` in a new process (or ``torchrun --nproc-per-node N -m deeplab train``)."""
+def deeplab_cli(command: str, *args: str, cwd: Path, torchrun: int = 0,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """``deeplab COMMAND`` in a new process (or ``torchrun --nproc-per-node N -m deeplab COMMAND``)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "deeplab"]
     if torchrun:
@@ -95,8 +96,14 @@ def train_cli(config_file: Path, *args: str, cwd: Path, torchrun: int = 0,
         env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}",
                     "-m", "deeplab"]
-    return subprocess.run([*launcher, "train", "-c", str(config_file), "--no-progress", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*launcher, command, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def train_cli(config_file: Path, *args: str, cwd: Path, torchrun: int = 0,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    return deeplab_cli("train", "-c", str(config_file), "--no-progress", *args, cwd=cwd, torchrun=torchrun,
+                       timeout=timeout)
 
 
 def step_losses(run_dir: Path) -> list[tuple[float, float]]:
@@ -176,3 +183,15 @@ def randomise_bn_stats(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
             module.running_var.uniform_(0.5, 1.5, generator=generator)
     return model.eval()
+
+
+def applied_dilations(model: torch.nn.Module, image: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Dilation and stride of every 3×3 conv *as called* in a forward pass (hooks see the real call)."""
+    seen: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, _o, n=n: seen.__setitem__(n, (mod.dilation[0], mod.stride[0])))
+             for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    with torch.no_grad():
+        model(image)
+    for hook in hooks:
+        hook.remove()
+    return seen

@@ -21,8 +21,8 @@ def test_predict_writes_every_output_and_reports_bad_files(tflite_file: Path, ph
     out = tmp_path / "out"
     code = main(["predict", str(photos), "-w", str(tflite_file), "-o", str(out), "--areas", "--probabilities",
                  "--no-progress", "--threads", "2"])
-    printed = capsys.readouterr().out
-    assert code == 1 and "broken.jpg" in printed and "3 of 4 inputs segmented" in printed
+    printed = capsys.readouterr()
+    assert code == 1 and "broken.jpg" in printed.err and "3 of 4 inputs segmented" in printed.out
     labels = np.asarray(Image.open(out / "café photo.png"))
     photo = Image.open(photos / "café photo.jpg")
     assert Image.open(out / "café photo.png").mode == "P" and labels.shape == (photo.height, photo.width)
@@ -42,7 +42,7 @@ def test_predict_never_overwrites_unless_forced(tflite_file: Path, photos: Path,
     out.mkdir()
     (out / "café photo.png").write_bytes(b"precious")
     assert main(["predict", str(image), "-w", str(tflite_file), "-o", str(out), "--no-progress"]) == 1
-    assert "exists (pass --force" in capsys.readouterr().out
+    assert "exists (pass --force" in capsys.readouterr().err
     assert (out / "café photo.png").read_bytes() == b"precious"
     assert main(["predict", str(image), "-w", str(tflite_file), "-o", str(out), "--no-progress", "--force"]) == 0
     assert Image.open(out / "café photo.png").mode == "P"
@@ -52,7 +52,7 @@ def test_predict_with_glob_and_missing_input(tflite_file: Path, photos: Path, tm
                                              capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["predict", str(photos / "2007_*.jpg"), str(photos / "nope.jpg"), "-w", str(tflite_file),
                  "-o", str(tmp_path / "o"), "--no-progress", "--no-overlay"])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert code == 1 and "nope.jpg: no such file or folder" in printed
     assert len(list((tmp_path / "o").glob("*.png"))) == 2 and not list((tmp_path / "o").glob("*.jpg"))
 

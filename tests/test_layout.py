@@ -1,5 +1,6 @@
-"""The architecture stays as the README draws it: imports flow one way (cli → services → training → inference →
-weights / config → data → models, pictures, metrics, ... → utils), and files stay small enough to read."""
+"""The architecture stays as the README draws it: imports flow one way (cli → serve → export / video → training →
+inference → weights / config → data → models, pictures, metrics, ... → utils), and files stay small enough to
+read."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ LAYERS = {
     "config": 3, "weights": 3,
     "inference": 4,
     "training": 5,
-    "export": 6,
-    "cli": 7, "__main__": 8,
+    "export": 6, "video": 6,
+    "serve": 7,
+    "cli": 8, "__main__": 9,
 }
 MAX_LINES = 300
 
