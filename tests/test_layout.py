@@ -22,7 +22,7 @@ LAYERS = {
     "inference": 4,
     "training": 5,
     "export": 6, "video": 6,
-    "serve": 7,
+    "serve": 7, "benchmark": 7,
     "cli": 8, "__main__": 9,
 }
 MAX_LINES = 300

@@ -9,9 +9,9 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import check_data, convert, convert_coco, demo, eval, export, models, predict, serve, train
+from . import benchmark, check_data, convert, convert_coco, demo, eval, export, models, predict, serve, train
 
-SUBCOMMANDS = (demo, models, check_data, train, eval, predict, export, convert, convert_coco, serve)
+SUBCOMMANDS = (demo, models, check_data, train, eval, predict, export, convert, convert_coco, serve, benchmark)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a bad --device is reported before any data is read
     dataset = load_dataset(args)
-    predictor, loaded = build_predictor(args)
+    predictor, loaded = build_predictor(args, sample=lambda: dataset.read(0)[0])
     result = evaluate(predictor, dataset, input_size=args.input_size, postprocess=crf_postprocess(args),
                       limit=args.limit, progress=not args.no_progress)
     names = dataset.info.classes

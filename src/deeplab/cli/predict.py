@@ -85,7 +85,8 @@ def _predict(args: argparse.Namespace, inputs: list[Path], options) -> tuple[int
 
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
-    predictor, loaded = build_predictor(args, keep_probabilities=args.probabilities or args.smooth > 0)
+    predictor, loaded = build_predictor(args, keep_probabilities=args.probabilities or args.smooth > 0,
+                                        sample=lambda: _first_image(images, videos))
     options.palette = loaded.card.palette
     report = segment_files(predictor, images, args.output, options, progress=not args.no_progress,
                            postprocess=crf_postprocess(args),
@@ -96,6 +97,14 @@ def _predict(args: argparse.Namespace, inputs: list[Path], options) -> tuple[int
         outcome = _predict_video(args, predictor, video, options)
         done, skipped, failed = done + (outcome == "done"), skipped + (outcome == "skipped"), failed + (outcome == "failed")
     return done, skipped, failed
+
+
+def _first_image(images: list[Path], videos: list[Path]):
+    """The first input's pixels (a video's first frame), for --backend/--precision auto to time on."""
+    from ..data.io import read_image
+    from ..video.io import read_frames
+
+    return read_image(images[0]) if images else next(read_frames(videos[0]))
 
 
 def _predict_video(args: argparse.Namespace, predictor, video: Path, options) -> str:

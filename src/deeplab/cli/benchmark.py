@@ -1,0 +1,142 @@
+"""``deeplab benchmark``: inference paths timed side by side, in one process and one run.
+
+    deeplab benchmark -w model.pt [--size 513] [--output-stride 16] [--batch 1] [--threads 2] --compare
+    deeplab benchmark --model deeplabv3_resnet101 --size 513 --backend openvino --precision bf16
+
+The first row is always fp32 eager (the unfolded model, channels-last: what ``predict`` ran before the fast
+paths); the others are the requested path, or with ``--compare`` every path this machine offers. Each row:
+latency (median/min/max over ``--repeats`` round-robin runs after ``--warmup``), images/s, the ratio to the
+first row, achieved GFLOP/s and its share of the machine's own matrix-multiply rate in that precision
+(measured in the same run), label agreement and max |Δ| of the logits against fp32 eager on a real photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import positive_int
+
+DEFAULT_PHOTO = Path("../shared/data/voc2012_val_dev/JPEGImages/2007_000187.jpg")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("benchmark", help="time inference paths (backends, precisions) side by side")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-w", "--weights", help="a model file (any kind -w takes except .onnx)")
+    source.add_argument("--model", help="an architecture by name (deeplab models), random weights, 21 classes")
+    parser.add_argument("--size", default="513", help="input H or H,W (default 513)")
+    parser.add_argument("--output-stride", type=int, default=None)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=None, help="compute threads (default: all cores)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile (inductor) paths; slow to build")
+    parser.add_argument("--compare", action="store_true", help="every path this machine offers")
+    parser.add_argument("--repeats", type=positive_int, default=10)
+    parser.add_argument("--warmup", type=positive_int, default=3)
+    parser.add_argument("--photo", type=Path, default=None, help=f"real photo for agreement (default {DEFAULT_PHOTO})")
+    parser.add_argument("--json", type=Path, help="write the results as JSON")
+    parser.add_argument("--png", type=Path, help="write a bar chart of images/s")
+    parser.set_defaults(run=run)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--size must be H or H,W, got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) < 33:
+        raise ValueError(f"--size must be H or H,W of at least 33 pixels, got {text!r}")
+    return (values[0], values[-1])
+
+
+def _paths(args: argparse.Namespace):
+    from ..export.runtimes import InferencePath
+    from ..utils.machine import has_fast_bf16
+
+    if not args.compare:
+        wanted = [InferencePath(args.backend, args.precision)]
+        return wanted + ([InferencePath("torch", args.precision, compile=True)] if args.compile else [])
+    precisions = ["fp32", "bf16"] if has_fast_bf16() else ["fp32"]
+    paths = [InferencePath("torch", p) for p in precisions] + [InferencePath("onnxruntime", "fp32")]
+    paths += [InferencePath("openvino", p) for p in precisions]
+    return paths + ([InferencePath("torch", p, compile=True) for p in precisions] if args.compile else [])
+
+
+def _input(args: argparse.Namespace, normalization, size: tuple[int, int]):
+    """The photo (resized to ``size``, repeated to the batch), normalised."""
+    import numpy as np
+    from PIL import Image
+
+    from ..data.io import read_image
+
+    photo = args.photo or DEFAULT_PHOTO
+    if not photo.is_file():
+        raise FileNotFoundError(f"{photo}: no such photo (give one with --photo)")
+    image = np.asarray(Image.fromarray(read_image(photo)).resize((size[1], size[0]), Image.BILINEAR))
+    return normalization.to_tensor([image] * args.batch), photo
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..benchmark.measure import Measured, agreement, count_flops, resident_mb, time_round_robin
+    from ..benchmark.peaks import matmul_rates
+    from ..benchmark.report import rows, table, write_chart, write_json
+    from ..export.runtimes import build_runner
+    from ..inference.loading import load_any
+    from ..models.registry import get_model
+    from ..utils.machine import describe
+    from ..weights.card import ModelCard
+
+    size = _size(args.size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.weights:
+        loaded = load_any(args.weights)
+        if loaded.model is None:
+            raise ValueError(f"{args.weights}: an exported graph has no torch model to convert; give the model file")
+        model, card = loaded.model.eval(), loaded.card
+    else:
+        model = get_model(args.model, num_classes=21).eval()
+        card = ModelCard.default(model.config)
+    x, photo = _input(args, card.normalization, size)
+    print(describe())
+    print("measuring the matrix-multiply rates ...", file=sys.stderr)
+    peaks = matmul_rates()
+    with model.at_output_stride(args.output_stride), torch.inference_mode():
+        name = args.weights or args.model
+        eager = model.to(memory_format=torch.channels_last)
+        reference = eager(x.contiguous(memory_format=torch.channels_last)).float()
+        flops = count_flops(eager, x)
+        runners = {"torch eager fp32": lambda t: eager(t.contiguous(memory_format=torch.channels_last))}
+        measured = [Measured("torch eager fp32", "fp32", rss_mb=resident_mb())]
+        for path in tqdm(_paths(args), desc="building", unit="path", file=sys.stderr):
+            runner = build_runner(model, path, threads=torch.get_num_threads())
+            measured.append(Measured(path.name, path.precision))
+            measured[-1].agreement, measured[-1].max_abs_diff = agreement(reference, runner(x))
+            measured[-1].rss_mb = resident_mb()
+            runners[path.name] = runner
+        measured[0].agreement, measured[0].max_abs_diff = 1.0, 0.0
+        with tqdm(total=args.repeats, desc="timing", unit="round", file=sys.stderr) as bar:
+            times = time_round_robin(runners, x, warmup=args.warmup, repeats=args.repeats,
+                                     progress=lambda done, _: bar.update(1))
+    for m in measured:
+        m.seconds = times[m.name]
+    results = rows(measured, flops=flops, batch=args.batch, peaks=peaks)
+    stride = args.output_stride or model.output_stride
+    print(f"{name}: {size[0]}x{size[1]}, batch {args.batch}, output stride {stride}, {flops / 1e9:.1f} GFLOP per "
+          f"batch; agreement on {photo.name}")
+    print("matrix-multiply rates here: " + ", ".join(f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"
+                                                    for k, v in peaks.items()))
+    print(table(results))
+    print(describe().split("; ")[-1] + " at the end")
+    if args.json:
+        write_json({"model": str(name), "size": size, "batch": args.batch, "output_stride": stride, "flops": flops,
+                    "peaks_gflops": peaks, "machine": describe(), "results": results}, args.json)
+    if args.png:
+        write_chart(results, args.png, f"{Path(str(name)).name}, {size[0]}x{size[1]}, batch {args.batch}, OS{stride}")
+    return 0

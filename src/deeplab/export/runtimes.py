@@ -1,0 +1,127 @@
+"""A torch DeepLab model as the callable (normalised float N×3×H×W → float32 logits) of one inference path —
+what ``Predictor(backend=...)`` runs in ``predict``, ``eval``, ``serve`` and ``benchmark``:
+
+- ``torch``: batch norm folded into the convolutions (exact), channels-last; ``bf16``: bf16 autocast, on CPUs
+  with bf16 instructions; ``compile=True``: ``torch.compile`` (inductor, frozen weights);
+- ``onnxruntime``: exported to ONNX (a temporary file), run by ONNX Runtime;
+- ``openvino``: converted by OpenVINO from the torch model, run by its CPU plugin with the precision hint set
+  explicitly — its default on CPUs with bf16 units is bf16, so ``fp32`` asks for f32.
+
+Every path keeps the model's output stride at conversion time and takes any input size. ``fp32`` paths equal
+the eager model to float rounding; ``bf16`` ones to a tolerance the tests state.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..models.folding import fold_batchnorm
+from ..utils.machine import has_fast_bf16
+from ..utils.optional import require
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+Runner = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class InferencePath:
+    backend: str = "torch"
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "bf16" and self.backend == "onnxruntime":
+            raise ValueError("ONNX Runtime has no bf16 CPU path; use --backend openvino or torch for bf16")
+        if self.compile and self.backend != "torch":
+            raise ValueError("compile applies to the torch backend")
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}{'+compile' if self.compile else ''} {self.precision}"
+
+
+def check_precision_supported(precision: str) -> None:
+    """bf16 without bf16 instructions is emulated — many times slower, so it is refused rather than run."""
+    if precision == "bf16" and not has_fast_bf16():
+        raise ValueError("--precision bf16: this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated "
+                         "(slower than fp32); use fp32")
+
+
+def _torch_runner(model: nn.Module, precision: str, compile: bool) -> Runner:
+    folded, _ = fold_batchnorm(model)
+    folded = folded.to(memory_format=torch.channels_last)
+    forward = folded
+    if compile:
+        import torch._inductor.config as inductor
+
+        inductor.freezing = True  # weights become constants: folded and laid out once, at compile time
+        forward = torch.compile(folded, dynamic=False)
+
+    def run(x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            return forward(x).float()
+
+    run.module = folded  # type: ignore[attr-defined]  (for FLOP counting)
+    return run
+
+
+class OpenVinoRunner:
+    """The model converted by OpenVINO (dynamic batch and size), compiled for the CPU with an explicit
+    precision hint and thread count."""
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", threads: int | None = None,
+                 example_size: tuple[int, int] = (257, 257)) -> None:
+        ov = require("openvino", "openvino")
+        folded, _ = fold_batchnorm(model)
+        with torch.no_grad():
+            converted = ov.convert_model(folded, example_input=torch.zeros(1, 3, *example_size),
+                                         input=[ov.PartialShape([-1, 3, -1, -1])])
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        out = self.request.infer({0: array})[self.compiled.output(0)]
+        return torch.from_numpy(np.array(out, dtype=np.float32)).to(x.device)
+
+
+def _onnxruntime_runner(model: nn.Module, threads: int | None) -> Runner:
+    from ..inference.backends import OnnxRuntimeModel
+    from .onnx import export_onnx
+
+    folded, _ = fold_batchnorm(model)
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(folded, Path(folder) / "model.onnx")
+        return OnnxRuntimeModel(path, threads=threads)  # the session holds the graph; the file can go
+
+
+def build_runner(model: nn.Module, path: InferencePath, *, threads: int | None = None) -> Runner:
+    """The callable of ``path`` for ``model`` (eval mode, at its current output stride)."""
+    check_precision_supported(path.precision)
+    model = model.eval()
+    threads = threads or torch.get_num_threads()
+    if path.backend == "torch":
+        return _torch_runner(model, path.precision, path.compile)
+    if path.backend == "openvino":
+        return OpenVinoRunner(model, path.precision, threads)
+    return _onnxruntime_runner(model, threads)
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "InferencePath", "OpenVinoRunner", "build_runner", "check_precision_supported"]
