@@ -232,3 +232,15 @@ def test_readiness_is_503_until_the_model_is_loaded(tflite_file: Path):
         while started.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_an_openvino_server_answers_like_the_offline_predictor(tflite_file: Path, offline, shared_data: Path):
+    pytest.importorskip("openvino")
+    data, image = _photo_bytes(shared_data, 1)
+    expected = offline.predict([image])[0].labels
+    with Server(tflite_file, "--backend", "openvino") as running:
+        assert httpx.get(f"{running.url}/v1/model").json()["backend"] == "openvino"
+        answer = httpx.post(f"{running.url}/v1/segment", content=data, timeout=60)
+        assert answer.status_code == 200 and (_labels(answer.content) == expected).mean() > 0.999
+        refused = httpx.post(f"{running.url}/v1/segment?output_stride=16", content=data, timeout=60)
+        assert refused.status_code == 400 and "needs the torch fp32 backend" in refused.json()["error"]

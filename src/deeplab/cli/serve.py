@@ -24,7 +24,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-w", "--weights", required=True, help="any model file -w takes elsewhere")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=positive_int, default=8000)
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: on CPUs with AVX512-BF16/AMX (see deeplab benchmark)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
                         help="default: onnxruntime for .onnx files, torch otherwise")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
@@ -52,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.settings import ServeSettings
 
     ServeSettings(**settings)  # bad limits fail here, in one line, before any process starts
+    from ..export.runtimes import check_precision_supported
+
+    check_precision_supported(args.precision)
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"{args.weights}: no such model file")
     os.environ[f"{ENV_PREFIX}CONFIG"] = repr({"weights": os.path.abspath(args.weights), "backend": args.backend,
+                                              "precision": args.precision,
                                               "device": args.device, "workers": args.workers, **settings})
     options = dict(factory=True, host=args.host, port=args.port, timeout_graceful_shutdown=60, log_level="info")
     if args.workers > 1:  # uvicorn's supervisor: it restarts a worker that dies

@@ -35,10 +35,11 @@ log = logging.getLogger("deeplab.serve")
 
 
 def create_app(model_path: str | Path, settings: ServeSettings | None = None, *, backend: str | None = None,
+               precision: str = "fp32",
                device: str = "cpu") -> FastAPI:
     settings = settings or ServeSettings()
     telemetry = Telemetry(settings.max_batch)
-    pool = ModelPool(model_path, backend=backend, device=device)
+    pool = ModelPool(model_path, backend=backend, precision=precision, device=device)
     batcher = MicroBatcher(pool.run_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                            queue_size=settings.queue_size, telemetry=telemetry)
 

@@ -20,4 +20,5 @@ def app_from_environment() -> FastAPI:
     workers = config.pop("workers")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     weights, backend, device = config.pop("weights"), config.pop("backend"), config.pop("device")
-    return create_app(weights, ServeSettings(**config), backend=backend, device=device)
+    precision = config.pop("precision", "fp32")
+    return create_app(weights, ServeSettings(**config), backend=backend, precision=precision, device=device)

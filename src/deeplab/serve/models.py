@@ -22,8 +22,13 @@ Options = tuple[int | None, tuple[float, ...], bool, bool]  # (output stride, sc
 
 
 class ModelPool:
-    def __init__(self, path: str | Path, *, backend: str | None = None, device: str = "cpu") -> None:
-        self.path, self.backend_name, self.device = Path(path), backend, device
+    """``backend``/``precision``: the inference path (``torch`` fp32 by default, batch norm folded — the only
+    one whose output stride a request may change; the others run a copy converted at the model's stride)."""
+
+    def __init__(self, path: str | Path, *, backend: str | None = None, precision: str = "fp32",
+                 device: str = "cpu") -> None:
+        self.path, self.backend_name, self.precision, self.device = Path(path), backend, precision, device
+        self.runner = None  # the converted model of a non-default path
         self.loaded: LoadedModel | None = None
         self.state = "loading"
         self.predictors: dict[Hashable, Predictor] = {}
@@ -42,16 +47,11 @@ class ModelPool:
     def card(self):
         return self.loaded.card
 
-    @property
-    def has_torch_model(self) -> bool:
-        return self.loaded is not None and self.loaded.model is not None
-
     def load_and_warm(self) -> None:
         """Load the file, run one tiny prediction (first calls pay for kernel selection), then say ready."""
         try:
             self.loaded = load_any(self.path)
-            if self.backend_name == "onnxruntime" and self.loaded.kind != "onnx":
-                raise ValueError(f"{self.path}: --backend onnxruntime runs .onnx files")
+            self._prepare_path()
             self.state = "warming"
             self.run_batch([np.zeros((*WARM_UP_SIZE, 3), np.uint8)], (None, (1.0,), False, False))
             self.state = "ready"
@@ -60,15 +60,44 @@ class ModelPool:
             self.state = f"failed to load ({error})"
             log.exception("could not load %s", self.path)
 
+    def _prepare_path(self) -> None:
+        from ..export.runtimes import InferencePath, build_runner
+        from ..models.folding import fold_batchnorm
+
+        model = self.loaded.model
+        if model is None:  # an exported graph runs as it is
+            if self.backend_name not in (None, "onnxruntime") or self.precision != "fp32":
+                raise ValueError(f"{self.path}: an .onnx file runs with --backend onnxruntime in fp32")
+            return
+        path = InferencePath(self.backend_name or "torch", self.precision)
+        if path == InferencePath():
+            fold_batchnorm(model, inplace=True)  # exact, and faster
+        else:
+            self.runner = build_runner(model, path)
+
+    @property
+    def path_name(self) -> str:
+        return "onnxruntime fp32" if self.loaded.model is None else f"{self.backend_name or 'torch'} {self.precision}"
+
     def predictor(self, options: Options) -> Predictor:
         with self.lock:
             if options not in self.predictors:
                 output_stride, scales, flip, probabilities = options
-                self.predictors[options] = Predictor.from_loaded(self.loaded, device=self.device,
-                                                                 output_stride=output_stride, scales=scales,
-                                                                 flip=flip, tile_above=None,
-                                                                 return_probabilities=probabilities)
+                common = dict(device=self.device, scales=scales, flip=flip, tile_above=None,
+                              return_probabilities=probabilities)
+                if self.runner is None:
+                    predictor = Predictor.from_loaded(self.loaded, output_stride=output_stride, **common)
+                else:
+                    predictor = Predictor(None, backend=self.runner, normalization=self.card.normalization,
+                                          class_names=self.card.classes or None, channels_last=False,
+                                          align_corners=bool(getattr(self.loaded.model, "align_corners", False)),
+                                          **common)
+                self.predictors[options] = predictor
             return self.predictors[options]
+
+    @property
+    def stride_switchable(self) -> bool:
+        return self.loaded is not None and self.loaded.model is not None and self.runner is None
 
     def run_batch(self, images: list[np.ndarray], options: Options) -> list[Prediction]:
         """One forward pass for equal-size images (called on the inference thread)."""
@@ -82,7 +111,7 @@ class ModelPool:
         return {"file": self.path.name, "kind": self.loaded.kind, "classes": list(card.classes),
                 "palette": None if card.palette is None else [list(c) for c in card.palette],
                 "ignore_index": card.ignore_index, "normalization": card.normalization.to_dict(),
-                "dataset": card.dataset, "backend": "onnxruntime" if model is None else "torch",
+                "dataset": card.dataset, "backend": self.path_name.split()[0], "precision": self.path_name.split()[1],
                 "architecture": card.config.get("arch"), "backbone": card.config.get("backbone"),
                 "output_stride": None if model is None else model.output_stride}
 
@@ -93,8 +122,9 @@ def parse_options(output_stride: int | None, scales: str | None, flip: bool, set
     if output_stride is not None:
         if output_stride not in settings.output_strides:
             raise RequestError(400, f"output_stride must be one of {list(settings.output_strides)}")
-        if not pool.has_torch_model:
-            raise RequestError(400, "output_stride needs the torch backend (an ONNX graph has its stride baked in)")
+        if not pool.stride_switchable:
+            raise RequestError(400, f"output_stride needs the torch fp32 backend (this server runs {pool.path_name}, "
+                                    "its stride fixed when the model was converted)")
     if scales in (None, ""):
         scale_list: tuple[float, ...] = (1.0,)
     elif scales == "paper":
