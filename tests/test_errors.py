@@ -6,6 +6,7 @@ out-of-range options, eval's batch size, check-data's JSON, refused runs leaving
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def test_an_out_of_range_label_names_its_file_even_unchecked(mini_camvid: Path, 
     assert _train(config, "--no-check") == 2
     err = _one_line(capsys.readouterr().err)
     assert f"{bad}: label values [30] are outside 0..10" in err
+    assert multiprocessing.active_children() == []  # the failed run's loader workers are gone, not left to gc
 
 
 def test_cuda_where_there_is_none_is_one_line(tflite_file: Path, photos: Path, tmp_path: Path,

@@ -14,9 +14,10 @@ the eager model to float rounding; ``bf16`` ones to a tolerance the tests state.
 from __future__ import annotations
 
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from ..models.folding import fold_batchnorm
 from ..utils.machine import has_fast_bf16
 from ..utils.optional import require
+from ..utils.signal_stack import kept_signal_stack
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -79,26 +81,52 @@ def _torch_runner(model: nn.Module, precision: str, compile: bool) -> Runner:
 
 
 class OpenVinoRunner:
-    """The model converted by OpenVINO (dynamic batch and size), compiled for the CPU with an explicit
+    """The model converted once by OpenVINO (dynamic batch and size), then compiled for the CPU per input
+    shape — a static shape lets the plugin plan its kernels (measured 26 → 19 ms on the CamVid MobileNetV2,
+    for 0.1 s of compiling per new shape; the ``max_shapes`` most recent are kept) — with an explicit
     precision hint and thread count."""
 
     def __init__(self, model: nn.Module, precision: str = "fp32", threads: int | None = None,
-                 example_size: tuple[int, int] = (257, 257)) -> None:
-        ov = require("openvino", "openvino")
+                 example_size: tuple[int, int] = (257, 257), max_shapes: int = 8) -> None:
+        self.ov = require("openvino", "openvino")
         folded, _ = fold_batchnorm(model)
         with torch.no_grad():
-            converted = ov.convert_model(folded, example_input=torch.zeros(1, 3, *example_size),
-                                         input=[ov.PartialShape([-1, 3, -1, -1])])
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
+            self.converted = self.ov.convert_model(folded, example_input=torch.zeros(1, 3, *example_size),
+                                                   input=[self.ov.PartialShape([-1, 3, -1, -1])])
+        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                       "PERFORMANCE_HINT": "LATENCY"}
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = ov.Core().compile_model(converted, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.core, self.max_shapes = self.ov.Core(), max_shapes
+        self.compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+
+    def _request(self, shape: tuple[int, ...]):
+        if shape in self.compiled:
+            self.compiled.move_to_end(shape)
+            return self.compiled[shape]
+        static = self.converted.clone()
+        static.reshape({0: self.ov.PartialShape(list(shape))})
+        with kept_signal_stack():  # the plugin swaps the thread's signal stack here and back on release
+            compiled = self.core.compile_model(static, "CPU", self.config)
+            self.compiled[shape] = (compiled, compiled.create_infer_request())
+            del compiled
+            if len(self.compiled) > self.max_shapes:
+                self.compiled.popitem(last=False)
+        return self.compiled[shape]
+
+    def close(self) -> None:
+        """Releases the compiled models (also on garbage collection), keeping the thread's signal stack."""
+        with kept_signal_stack():
+            self.compiled.clear()
+
+    def __del__(self) -> None:
+        if getattr(self, "compiled", None):
+            self.close()
 
     def __call__(self, x: Tensor) -> Tensor:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        out = self.request.infer({0: array})[self.compiled.output(0)]
+        compiled, request = self._request(array.shape)
+        out = request.infer({0: array})[compiled.output(0)]
         return torch.from_numpy(np.array(out, dtype=np.float32)).to(x.device)
 
 

@@ -24,7 +24,7 @@ from ..utils.files import ensure_writable_dir
 from .engine import Stopwatch, TrainingDiverged, autocast_dtype, train_one_step
 from .logbook import Logbook
 from .sampler import step_seed
-from .setup import TrainingRun, build_run, distribute, make_loader, restore, set_train_mode
+from .setup import TrainingRun, build_run, distribute, make_loader, restore, set_train_mode, stop_workers
 from .state import latest_valid_checkpoint, list_checkpoints, load_training_checkpoint, prune_checkpoints, \
     save_training_checkpoint
 
@@ -105,6 +105,14 @@ def train(run: TrainingRun, progress: bool) -> dict[str, Any]:
         save_config(run.config, run.run_dir / "config.yaml")
     stopwatch = Stopwatch(cfg.time_budget_minutes, run.spent)
     batches = iter(make_loader(run))
+    try:
+        return steps(run, batches, logbook, stopwatch, progress)
+    finally:
+        stop_workers(batches)
+
+
+def steps(run: TrainingRun, batches, logbook: Logbook, stopwatch: Stopwatch, progress: bool) -> dict[str, Any]:
+    cfg, info = run.config.train, run.info
     set_train_mode(run.model, cfg.freeze_bn)
     meter = RateMeter()
     iteration, result = run.start, {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -208,3 +208,11 @@ def make_loader(run: TrainingRun) -> DataLoader:
     return DataLoader(dataset, batch_size=train_cfg.batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=run.device.type == "cuda", persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(train_cfg.seed))
+
+
+def stop_workers(batches: Iterator[Any]) -> None:
+    """Ends the loader's worker processes now, whatever ended training: left to the garbage collector — an
+    error's traceback holds the iterator in a reference cycle — they outlived a failed run."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # DataLoader offers no public way to do this
+    if shutdown is not None:
+        shutdown()
