@@ -82,7 +82,7 @@ def run(mode: str, image: Path, weights: Path, tile: int, threads: int, out: Pat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "deeplabv3_257_mv_gpu.tflite")
-    parser.add_argument("--photo", type=Path, default=SHARED / "voc2012_val_dev" / "JPEGImages" / "2007_000129.jpg")
+    parser.add_argument("--photo", type=Path, default=SHARED / "voc2012_val_dev" / "JPEGImages" / "2007_000187.jpg")
     parser.add_argument("--sizes", default="4,12,48,80", help="megapixels, comma-separated")
     parser.add_argument("--tile", type=int, default=513)
     parser.add_argument("--threads", type=int, default=2)

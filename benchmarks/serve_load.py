@@ -2,7 +2,8 @@
 
 Reports throughput (answered requests/s), p50/p95/p99 latency of the accepted requests, the share of 503s (a
 full queue), the batch sizes the micro-batcher reached (from ``/metrics``), and checks every accepted answer
-against the offline Predictor's labels for the same image — nothing lost, nothing mixed up between clients.
+against the offline Predictor's labels for the same image — nothing lost, nothing mixed up between clients
+(identical, or a few near-tie pixels apart where a batched forward pass rounds differently from a single one).
 
 The images: CamVid validation frames (all 480×360, so they can share a batch) and VOC photos (each its own
 size). The server gets ``--threads`` compute threads; the clients mostly wait on sockets and verify their
@@ -26,7 +27,9 @@ import numpy as np
 from PIL import Image
 
 from deeplab.data.io import read_image
-from deeplab.inference import Predictor
+from deeplab.export.fast_predictor import fast_predictor
+from deeplab.export.runtimes import InferencePath
+from deeplab.inference.loading import load_any
 from deeplab.serve.launcher import ServerProcess
 from deeplab.utils.machine import describe
 
@@ -39,6 +42,18 @@ def real_photos(count: int) -> list[Path]:
     camvid = sorted((SHARED / "camvid" / "val").glob("*.png"))[: (count + 1) // 2]
     ids = (SHARED / "voc2012_val_dev" / "val_dev.txt").read_text().split()[: count // 2]
     return camvid + [SHARED / "voc2012_val_dev" / "JPEGImages" / f"{i}.jpg" for i in ids]
+
+
+ROUNDING_AGREEMENT = 0.999  # batched kernels round differently: a few pixels at near-ties may flip
+
+
+def verdict(answer: np.ndarray, expected: np.ndarray) -> str:
+    """"exact", "rounding" (a few near-tie pixels differ: batched vs single kernels), or "wrong" (another
+    image's labels, a lost or mixed-up answer)."""
+    if answer.shape != expected.shape:
+        return "wrong"
+    agreement = float((answer == expected).mean())
+    return "exact" if agreement == 1.0 else "rounding" if agreement >= ROUNDING_AGREEMENT else "wrong"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
 
     paths = real_photos(args.images)
-    predictor = Predictor.from_file(args.weights)
+    predictor = fast_predictor(load_any(args.weights), InferencePath())  # the server's default path
     expected = [predictor.predict([read_image(p)])[0].labels for p in paths]
     photos = [(p.read_bytes(), "image/png" if p.suffix == ".png" else "image/jpeg") for p in paths]
     print(f"{args.weights.name}: {args.clients} clients for {args.seconds:.0f} s, {len(paths)} real images; "
@@ -112,7 +127,9 @@ def main() -> None:
         run = load_test(server, photos, args.clients, args.seconds)
     answers = run["answers"]
     accepted = [a for a in answers if a[1] == 200]
-    wrong = sum(not np.array_equal(np.asarray(Image.open(io.BytesIO(body))), expected[k]) for k, _, _, body in accepted)
+    verdicts = [verdict(np.asarray(Image.open(io.BytesIO(body))), expected[k]) for k, _, _, body in accepted]
+    exact, rounding = verdicts.count("exact"), verdicts.count("rounding")
+    wrong = len(verdicts) - exact - rounding
     other = sorted({status for _, status, _, _ in answers} - {200, 503})
     latencies = [seconds for _, status, seconds, _ in accepted]
     sizes = batch_sizes(run["metrics"])
@@ -121,13 +138,14 @@ def main() -> None:
               "requests": len(answers), "accepted": len(accepted), "throughput_per_s": len(accepted) / run["wall"],
               "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
               "p99_ms": 1000 * percentile(latencies, 99), "share_503": 1 - len(accepted) / max(len(answers), 1),
-              "other_statuses": other, "wrong_answers": wrong, "batch_sizes": sizes,
+              "other_statuses": other, "exact_answers": exact, "rounding_answers": rounding, "wrong_answers": wrong, "batch_sizes": sizes,
               "mean_batch": sum(k * v for k, v in sizes.items()) / max(passes, 1), "machine": describe(args.threads)}
     print(f"{len(answers)} requests in {run['wall']:.1f} s: {result['throughput_per_s']:.2f} accepted/s, "
           f"latency p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
           f"503s {100 * result['share_503']:.1f} %; other statuses {other or 'none'}")
     print(f"forward passes by batch size {sizes} (mean {result['mean_batch']:.2f} images); "
-          f"answers checked against the offline Predictor: {len(accepted) - wrong} right, {wrong} wrong")
+          f"answers against the offline Predictor: {exact} identical, {rounding} within float rounding "
+          f"(≥ {100 * ROUNDING_AGREEMENT:g} % of pixels), {wrong} wrong")
     if latencies:
         print(f"latency mean {1000 * statistics.mean(latencies):.0f} ms")
     if args.json:

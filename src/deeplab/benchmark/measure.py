@@ -1,7 +1,9 @@
 """Timing, FLOPs and agreement of inference paths on one input.
 
 Paths are timed round-robin: after ``warmup`` calls of each, every round calls each path once, so a change in
-machine load during the run affects all of them alike; median, min and max over the rounds."""
+machine load during the run affects all of them alike; median, min and max over the rounds. Before each timed
+call the benchmark sleeps ``GAP_S``: the runtimes' worker threads (OpenMP's, ONNX Runtime's) spin for a while
+after their work is done, and would otherwise steal the cores from whichever path runs next."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 Runner = Callable[[Tensor], Tensor]
+GAP_S = 0.05
 
 
 @dataclass
@@ -54,6 +57,7 @@ def time_round_robin(runners: dict[str, Runner], x: Tensor, *, warmup: int, repe
                 run(x)
         for round_index in range(repeats):
             for name, run in runners.items():
+                time.sleep(GAP_S)
                 began = time.perf_counter()
                 run(x)
                 times[name].append(time.perf_counter() - began)

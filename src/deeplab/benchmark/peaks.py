@@ -1,37 +1,50 @@
-"""The machine's matrix-multiply rates, measured now with the thread count the benchmark uses: what a
-convolution network can at best reach in each precision (a convolution is a matrix multiply underneath)."""
+"""The machine's own compute rates, measured now with the thread count the benchmark uses: the ceiling each
+inference path is held to. fp32 and bf16 are the best of a 1×1 and a 3×3 convolution (oneDNN, channels-last,
+the kernels the models run on) — a BLAS matrix multiply can be far slower on some CPUs (measured 198 vs 470
+GFLOP/s on an AMD EPYC, whose BLAS path is not the tuned one), so it is reported beside them, not used as
+the peak. int8 is ``torch._int_mm`` (int8 × int8 → int32)."""
 
 from __future__ import annotations
 
 import time
 
 import torch
+from torch import nn
 
-PEAK_SIZE = 2048
+MATMUL_SIZE = 2048
 
 
-def _rate(multiply, flops: float, repeats: int = 5) -> float:
-    multiply()
+def _rate(run, flops: float, repeats: int = 5) -> float:
+    run()
     best = float("inf")
     for _ in range(repeats):
         began = time.perf_counter()
-        multiply()
+        run()
         best = min(best, time.perf_counter() - began)
     return flops / best / 1e9
 
 
-def matmul_rates(size: int = PEAK_SIZE) -> dict[str, float]:
-    """GFLOP/s (GOP/s for int8) of a size×size×size multiply in fp32, bf16 and int8 (best of 5)."""
-    flops = 2.0 * size ** 3
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
-    rates = {"fp32": _rate(lambda: a @ b, flops)}
-    a16, b16 = a.bfloat16(), b.bfloat16()
-    rates["bf16"] = _rate(lambda: a16 @ b16, flops)
-    a8 = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
-    b8 = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
+def _conv_rate(channels: int, kernel: int, size: int, bf16: bool) -> float:
+    x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False).eval()
+    conv = conv.to(memory_format=torch.channels_last)
+    flops = 2.0 * channels * channels * kernel * kernel * size * size
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        return _rate(lambda: conv(x), flops)
+
+
+def compute_rates() -> dict[str, float]:
+    """G(FL)OP/s: ``fp32``/``bf16`` (convolution peaks), ``int8`` (matmul), ``fp32 matmul`` (BLAS)."""
+    torch.manual_seed(0)
+    rates = {precision: max(_conv_rate(1024, 1, 64, bf16), _conv_rate(512, 3, 64, bf16))
+             for precision, bf16 in (("fp32", False), ("bf16", True))}
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    flops = 2.0 * MATMUL_SIZE ** 3
+    a8 = torch.randint(-128, 128, (MATMUL_SIZE, MATMUL_SIZE), dtype=torch.int8)
+    b8 = torch.randint(-128, 128, (MATMUL_SIZE, MATMUL_SIZE), dtype=torch.int8)
     try:
         rates["int8"] = _rate(lambda: torch._int_mm(a8, b8), flops)
     except RuntimeError:  # no int8 GEMM kernel in this build
         pass
+    rates["fp32 matmul"] = _rate(lambda: a @ b, flops)
     return rates

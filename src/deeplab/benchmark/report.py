@@ -14,7 +14,7 @@ from .measure import Measured
 
 def rows(measured: list[Measured], *, flops: int, batch: int, peaks: dict[str, float]) -> list[dict[str, Any]]:
     """One dict per path: latency figures, images/s, ratio to the first path (the baseline), achieved GFLOP/s
-    and its share of this precision's matrix-multiply rate, agreement with fp32 eager, memory."""
+    and its share of this precision's peak rate, agreement with fp32 eager, memory."""
     base = measured[0].median
     out = []
     for m in measured:

@@ -6,8 +6,8 @@
 The first row is always fp32 eager (the unfolded model, channels-last: what ``predict`` ran before the fast
 paths); the others are the requested path, or with ``--compare`` every path this machine offers. Each row:
 latency (median/min/max over ``--repeats`` round-robin runs after ``--warmup``), images/s, the ratio to the
-first row, achieved GFLOP/s and its share of the machine's own matrix-multiply rate in that precision
-(measured in the same run), label agreement and max |Δ| of the logits against fp32 eager on a real photo.
+first row, achieved GFLOP/s and its share of the machine's own peak in that precision (the best
+convolution rate, measured in the same run), label agreement and max |Δ| of the logits against fp32 eager on a real photo.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..benchmark.measure import Measured, agreement, count_flops, resident_mb, time_round_robin
-    from ..benchmark.peaks import matmul_rates
+    from ..benchmark.peaks import compute_rates
     from ..benchmark.report import rows, table, write_chart, write_json
     from ..export.runtimes import build_runner
     from ..inference.loading import load_any
@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         card = ModelCard.default(model.config)
     x, photo = _input(args, card.normalization, size)
     print(describe())
-    print("measuring the matrix-multiply rates ...", file=sys.stderr)
-    peaks = matmul_rates()
+    print("measuring this machine's compute rates ...", file=sys.stderr)
+    peaks = compute_rates()
     with model.at_output_stride(args.output_stride), torch.inference_mode():
         name = args.weights or args.model
         eager = model.to(memory_format=torch.channels_last)
@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
     stride = args.output_stride or model.output_stride
     print(f"{name}: {size[0]}x{size[1]}, batch {args.batch}, output stride {stride}, {flops / 1e9:.1f} GFLOP per "
           f"batch; agreement on {photo.name}")
-    print("matrix-multiply rates here: " + ", ".join(f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"
-                                                    for k, v in peaks.items()))
+    print("compute rates here (peaks: best convolution): " + ", ".join(
+        f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peaks.items()))
     print(table(results))
     print(describe().split("; ")[-1] + " at the end")
     if args.json:

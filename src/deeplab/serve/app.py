@@ -50,7 +50,9 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None, *,
         yield
         await batcher.stop()
 
-    app = FastAPI(title="deeplab", summary="DeepLab semantic segmentation", lifespan=lifespan)
+    # No /docs or /redoc: their pages load scripts from a CDN, and this service works offline.
+    app = FastAPI(title="deeplab", summary="DeepLab semantic segmentation", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
 
     @app.middleware("http")
     async def count(request: Request, call_next):
