@@ -31,7 +31,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=positive_int, default=1)
     parser.add_argument("--threads", type=positive_int, default=None, help="compute threads (default: all cores)")
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="int8: ONNX Runtime, calibrated on --calibration")
+    parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
+                        help="images to calibrate int8 on; with --compare, adds the onnxruntime int8 path")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (inductor) paths; slow to build")
     parser.add_argument("--compare", action="store_true", help="every path this machine offers")
     parser.add_argument("--repeats", type=positive_int, default=10)
@@ -57,11 +60,13 @@ def _paths(args: argparse.Namespace):
     from ..utils.machine import has_fast_bf16
 
     if not args.compare:
-        wanted = [InferencePath(args.backend, args.precision)]
+        backend = "onnxruntime" if args.precision == "int8" else args.backend
+        wanted = [InferencePath(backend, args.precision)]
         return wanted + ([InferencePath("torch", args.precision, compile=True)] if args.compile else [])
     precisions = ["fp32", "bf16"] if has_fast_bf16() else ["fp32"]
     paths = [InferencePath("torch", p) for p in precisions] + [InferencePath("onnxruntime", "fp32")]
     paths += [InferencePath("openvino", p) for p in precisions]
+    paths += [InferencePath("onnxruntime", "int8")] if args.calibration else []
     return paths + ([InferencePath("torch", p, compile=True) for p in precisions] if args.compile else [])
 
 
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark.measure import Measured, agreement, count_flops, resident_mb, time_round_robin
     from ..benchmark.peaks import compute_rates
     from ..benchmark.report import rows, table, write_chart, write_json
+    from ..export.quantize import calibration_images
     from ..export.runtimes import build_runner
     from ..inference.loading import load_any
     from ..models.registry import get_model
@@ -104,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         model = get_model(args.model, num_classes=21).eval()
         card = ModelCard.default(model.config)
     x, photo = _input(args, card.normalization, size)
+    if args.precision == "int8" and args.calibration is None:
+        raise ValueError("--precision int8 needs --calibration FOLDER: 8–16 images like the ones to segment")
+    calibration = calibration_images(args.calibration, card.normalization) if args.calibration else ()
     print(describe())
     print("measuring this machine's compute rates ...", file=sys.stderr)
     peaks = compute_rates()
@@ -115,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         runners = {"torch eager fp32": lambda t: eager(t.contiguous(memory_format=torch.channels_last))}
         measured = [Measured("torch eager fp32", "fp32", rss_mb=resident_mb())]
         for path in tqdm(_paths(args), desc="building", unit="path", file=sys.stderr):
-            runner = build_runner(model, path, threads=torch.get_num_threads())
+            runner = build_runner(model, path, threads=torch.get_num_threads(), calibration=calibration)
             measured.append(Measured(path.name, path.precision))
             measured[-1].agreement, measured[-1].max_abs_diff = agreement(reference, runner(x))
             measured[-1].rss_mb = resident_mb()

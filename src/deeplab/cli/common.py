@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..models.backbones.base import ALL_OUTPUT_STRIDES
 
@@ -79,9 +80,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino", "auto"), default=None,
                         help="inference engine (default: torch; .onnx files run on onnxruntime); auto: the fastest "
                              "here, timed on the first image")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="fp32 (default, exact), bf16 (CPUs with AVX512-BF16/AMX), auto: the fastest within "
-                             "99.5 %% label agreement with fp32 on the first image")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
+                        help="fp32 (default, exact), bf16 (CPUs with AVX512-BF16/AMX), int8 (ONNX Runtime, calibrated "
+                             "on --calibration images), auto: the fastest fp32/bf16 path within 99.5 %% label "
+                             "agreement with fp32 on the first image")
+    parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
+                        help="int8: images like the ones to segment (the first 16 of the folder, or one file)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--output-stride", type=int, choices=ALL_OUTPUT_STRIDES, default=None,
                         help="run at this output stride (the paper trains at 16, evaluates at 8)")
@@ -102,7 +106,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = False, sample=None):
-    """(Predictor, LoadedModel) from the shared model arguments. ``sample``: a function giving one real image,
+    """(Predictor, LoadedModel, InferencePath) from the shared model arguments. ``sample``: a function giving one real image,
     for ``--backend auto`` / ``--precision auto`` to time the candidates on."""
     import torch
 
@@ -114,9 +118,15 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     loaded = load_any(args.weights)
-    backend, precision = args.backend or ("onnxruntime" if loaded.kind == "onnx" else "torch"), args.precision
+    precision = args.precision
+    default_backend = "onnxruntime" if loaded.kind == "onnx" or precision == "int8" else "torch"
+    backend = args.backend or default_backend
     if loaded.kind == "onnx" and (backend != "onnxruntime" or precision == "bf16"):
         raise ValueError(f"{args.weights}: an .onnx file runs with --backend onnxruntime in fp32")
+    if precision == "int8" and (backend != "onnxruntime" or loaded.kind == "onnx"):
+        raise ValueError("--precision int8 runs on --backend onnxruntime, from a torch model file (not .onnx)")
+    if precision == "int8" and getattr(args, "calibration", None) is None:
+        raise ValueError("--precision int8 needs --calibration FOLDER: 8–16 images like the ones to segment")
     if backend == "onnxruntime" and loaded.kind != "onnx" and precision == "bf16":
         raise ValueError("--backend onnxruntime has no bf16 CPU path; use torch or openvino for bf16")
     if device.type != "cpu" and (backend != "torch" or precision != "fp32"):
@@ -131,12 +141,17 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
                            threads=args.threads, notify=notify)
     else:
         path = InferencePath(backend, precision, getattr(args, "compile", False))
+    calibration = ()
+    if precision == "int8":
+        from ..export.quantize import calibration_images
+
+        calibration = calibration_images(args.calibration, loaded.card.normalization)
     tile_above = int(args.tile_above * 1e6) if args.tile_above else None
     predictor = fast_predictor(loaded, path, output_stride=args.output_stride, threads=args.threads, device=device,
                                scales=args.scales, flip=args.flip, tile=args.tile, batch_size=args.batch_size,
                                return_probabilities=keep_probabilities or uses_crf(args), tile_above=tile_above,
-                               notify=notify)
-    return predictor, loaded
+                               notify=notify, calibration=calibration)
+    return predictor, loaded, path
 
 
 def resolve_device(name: str | None):

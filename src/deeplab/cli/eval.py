@@ -58,22 +58,21 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a bad --device is reported before any data is read
     dataset = load_dataset(args)
-    predictor, loaded = build_predictor(args, sample=lambda: dataset.read(0)[0])
+    predictor, loaded, inference_path = build_predictor(args, sample=lambda: dataset.read(0)[0])
     result = evaluate(predictor, dataset, input_size=args.input_size, postprocess=crf_postprocess(args),
                       limit=args.limit, progress=not args.no_progress)
     names = dataset.info.classes
     print(result.matrix.table(names))
     protocol = f"{args.input_size}x{args.input_size} resize" if args.input_size else "native resolution"
-    path = f"{args.backend or 'torch'} {args.precision}"
     print(f"{args.weights} on {dataset.info.name} ({result.images} images, {protocol}, scales {list(args.scales)}"
-          f"{', flip' if args.flip else ''}{', CRF' if uses_crf(args) else ''}, {path}): "
+          f"{', flip' if args.flip else ''}{', CRF' if uses_crf(args) else ''}, {inference_path.name}): "
           f"mIoU {100 * result.matrix.miou:.2f} %, {result.seconds:.1f} s ({1000 * result.median_seconds:.0f} ms/image "
           "median)")
     if args.json:
         summary = {"weights": str(args.weights), "dataset": dataset.info.name, "images": result.images,
                    "protocol": protocol, "scales": list(args.scales), "flip": args.flip, "crf": uses_crf(args), "crf_params": args.crf_params,
                    "output_stride": args.output_stride, "seconds": result.seconds,
-                   "backend": args.backend or "torch", "precision": args.precision,
+                   "backend": inference_path.backend, "precision": inference_path.precision,
                    **result.matrix.summary(names)}
         atomic_write_bytes(args.json, json.dumps(summary, indent=2).encode())
     if args.confusion_png:

@@ -85,7 +85,7 @@ def _predict(args: argparse.Namespace, inputs: list[Path], options) -> tuple[int
 
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
-    predictor, loaded = build_predictor(args, keep_probabilities=args.probabilities or args.smooth > 0,
+    predictor, loaded, _ = build_predictor(args, keep_probabilities=args.probabilities or args.smooth > 0,
                                         sample=lambda: _first_image(images, videos))
     options.palette = loaded.card.palette
     report = segment_files(predictor, images, args.output, options, progress=not args.no_progress,

@@ -9,7 +9,7 @@ copy built at the requested output stride.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ def candidates(backend: str, precision: str) -> list[InferencePath]:
     backends = list(BACKENDS) if backend == "auto" else [backend]
     precisions = (["fp32", "bf16"] if has_fast_bf16() else ["fp32"]) if precision == "auto" else [precision]
     return [InferencePath(b, p) for b in backends for p in precisions
-            if not (b == "onnxruntime" and p == "bf16")]
+            if not (b == "onnxruntime" and p == "bf16")]  # int8 is never chosen for the user
 
 
 def _seconds(run: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
@@ -69,7 +69,8 @@ def choose_path(loaded: LoadedModel, options: Iterable[InferencePath], sample: n
 
 
 def fast_predictor(loaded: LoadedModel, path: InferencePath, *, output_stride: int | None = None,
-                   threads: int | None = None, **kwargs: Any) -> Predictor:
+                   threads: int | None = None, calibration: Sequence[torch.Tensor] = (),
+                   **kwargs: Any) -> Predictor:
     """A Predictor for ``loaded`` on ``path``; ``kwargs`` go to the Predictor (scales, flip, tile, ...)."""
     if loaded.model is None:  # an exported graph: it runs as it is
         return Predictor.from_loaded(loaded, output_stride=output_stride, **kwargs)
@@ -78,7 +79,7 @@ def fast_predictor(loaded: LoadedModel, path: InferencePath, *, output_stride: i
         return Predictor.from_loaded(loaded, output_stride=output_stride, **kwargs)
     model = loaded.model
     with model.at_output_stride(output_stride):
-        runner = build_runner(model, path, threads=threads)
+        runner = build_runner(model, path, threads=threads, calibration=calibration)
     kwargs.setdefault("normalization", loaded.card.normalization)
     kwargs.setdefault("class_names", loaded.card.classes or None)
     return Predictor(None, backend=runner, align_corners=bool(getattr(model, "align_corners", False)),

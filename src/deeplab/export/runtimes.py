@@ -5,7 +5,8 @@ what ``Predictor(backend=...)`` runs in ``predict``, ``eval``, ``serve`` and ``b
   with bf16 instructions; ``compile=True``: ``torch.compile`` (inductor, frozen weights);
 - ``onnxruntime``: exported to ONNX (a temporary file), run by ONNX Runtime;
 - ``openvino``: converted by OpenVINO from the torch model, run by its CPU plugin with the precision hint set
-  explicitly — its default on CPUs with bf16 units is bf16, so ``fp32`` asks for f32.
+  explicitly — its default on CPUs with bf16 units is bf16, so ``fp32`` asks for f32;
+- ``onnxruntime`` ``int8``: statically quantized on calibration images (``quantize.py``).
 
 Every path keeps the model's output stride at conversion time and takes any input size. ``fp32`` paths equal
 the eager model to float rounding; ``bf16`` ones to a tolerance the tests state.
@@ -17,7 +18,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from ..utils.optional import require
 from ..utils.signal_stack import kept_signal_stack
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 Runner = Callable[[Tensor], Tensor]
 
 
@@ -46,6 +47,8 @@ class InferencePath:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "bf16" and self.backend == "onnxruntime":
             raise ValueError("ONNX Runtime has no bf16 CPU path; use --backend openvino or torch for bf16")
+        if self.precision == "int8" and self.backend != "onnxruntime":
+            raise ValueError("int8 runs on --backend onnxruntime (statically quantized on calibration images)")
         if self.compile and self.backend != "torch":
             raise ValueError("compile applies to the torch backend")
 
@@ -140,8 +143,10 @@ def _onnxruntime_runner(model: nn.Module, threads: int | None) -> Runner:
         return OnnxRuntimeModel(path, threads=threads)  # the session holds the graph; the file can go
 
 
-def build_runner(model: nn.Module, path: InferencePath, *, threads: int | None = None) -> Runner:
-    """The callable of ``path`` for ``model`` (eval mode, at its current output stride)."""
+def build_runner(model: nn.Module, path: InferencePath, *, threads: int | None = None,
+                 calibration: Sequence[Tensor] = ()) -> Runner:
+    """The callable of ``path`` for ``model`` (eval mode, at its current output stride); ``calibration``:
+    the images int8 takes its activation ranges from."""
     check_precision_supported(path.precision)
     model = model.eval()
     threads = threads or torch.get_num_threads()
@@ -149,6 +154,10 @@ def build_runner(model: nn.Module, path: InferencePath, *, threads: int | None =
         return _torch_runner(model, path.precision, path.compile)
     if path.backend == "openvino":
         return OpenVinoRunner(model, path.precision, threads)
+    if path.precision == "int8":
+        from .quantize import quantize_int8
+
+        return quantize_int8(model, calibration, threads)
     return _onnxruntime_runner(model, threads)
 
 

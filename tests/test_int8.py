@@ -1,0 +1,71 @@
+"""int8 (ONNX Runtime static quantization) on the authors' model: the mIoU it costs on real VOC labels, with
+calibration images disjoint from the evaluated ones; the refusals that name what is missing; the benchmark
+row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deeplab.cli import main
+
+pytest.importorskip("onnxruntime")
+EVALUATED = 40  # the first 40 of val_dev (sorted); calibration takes 8 of the last ones
+
+
+@pytest.fixture(scope="module")
+def calibration(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("calibration")
+    for photo in sorted((shared_data / "voc2012_val_dev" / "JPEGImages").glob("*.jpg"))[-8:]:
+        shutil.copy(photo, folder)
+    return folder
+
+
+def _eval(tflite_file: Path, shared_data: Path, out: Path, *extra: str) -> dict:
+    assert main(["eval", "-w", str(tflite_file), "--dataset", "voc", "--root", str(shared_data / "voc2012_val_dev"),
+                 "--split", "val_dev.txt", "--limit", str(EVALUATED), "--no-progress", "--json", str(out),
+                 *extra]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_int8_costs_little_miou_on_real_labels(tflite_file: Path, shared_data: Path, calibration: Path,
+                                               tmp_path: Path) -> None:
+    fp32 = _eval(tflite_file, shared_data, tmp_path / "fp32.json")
+    int8 = _eval(tflite_file, shared_data, tmp_path / "int8.json", "--precision", "int8", "--calibration",
+                 str(calibration))
+    assert (int8["backend"], int8["precision"]) == ("onnxruntime", "int8")
+    assert fp32["images"] == int8["images"] == EVALUATED
+    loss = 100 * (fp32["miou"] - int8["miou"])
+    assert -0.5 < loss <= 1.5, loss  # measured 1.09 here (1.21 on 92 images): int8 changes labels, a little
+    assert int8["pixel_accuracy"] > fp32["pixel_accuracy"] - 0.01
+
+
+def test_int8_refusals_name_what_is_missing(tflite_file: Path, photos: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    image = str(photos / "café photo.jpg")
+    base = ["predict", image, "-w", str(tflite_file), "-o", str(tmp_path / "out"), "--precision", "int8"]
+    assert main(base) == 2
+    assert "--precision int8 needs --calibration FOLDER" in capsys.readouterr().err
+    assert main(base + ["--backend", "openvino", "--calibration", str(photos)]) == 2
+    assert "--precision int8 runs on --backend onnxruntime" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(base + ["--calibration", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: no calibration images in this folder" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_benchmark_times_the_int8_path(tflite_file: Path, shared_data: Path, calibration: Path,
+                                       tmp_path: Path) -> None:
+    photo = shared_data / "voc2012_val_dev" / "JPEGImages" / "2007_000187.jpg"
+    assert main(["benchmark", "-w", str(tflite_file), "--size", "129,161", "--precision", "int8", "--calibration",
+                 str(calibration), "--repeats", "2", "--warmup", "1", "--photo", str(photo), "--json",
+                 str(tmp_path / "b.json")]) == 0
+    rows = {r["path"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
+    assert set(rows) == {"torch eager fp32", "onnxruntime int8"}
+    assert rows["onnxruntime int8"]["agreement"] > 0.95 and rows["onnxruntime int8"]["median_ms"] > 0
