@@ -46,7 +46,7 @@ with torch.inference_mode():
         labels = predictor.predict([image])[0].labels
     elif mode == "in-memory":
         x = predictor.normalization.to_tensor(image)
-        labels = predict_probabilities(predictor._forward, x, tile=int(tile))[0].argmax(0).numpy()
+        labels = predict_probabilities(predictor._forward, x, tile=int(tile), window_batch_size=1)[0].argmax(0).numpy()
     else:
         predictor.tile = int(tile)
         labels = predictor.predict_streamed(image)

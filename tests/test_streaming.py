@@ -1,7 +1,7 @@
 """Bounded-memory sliding windows: the streamed labels and probabilities equal the in-memory sliding window's bit
-for bit (with and without flip, thin and wide images), the band never grows with the image height, large
-images tile on their own and say so once, multi-scale above the budget is refused, huge JPEGs can be decoded
-reduced."""
+for bit (with and without flip; thin, wide and tall images, where the circular band wraps and regrows), the
+band never grows with the image height, large images tile on their own and say so once, multi-scale above the
+budget is refused, huge JPEGs can be decoded reduced."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _photo(shared_data: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size, flip", [((200, 130), False), ((200, 130), True), ((45, 170), True),
-                                        ((170, 45), False), ((60, 50), True)])
+                                        ((170, 45), False), ((60, 50), True), ((80, 400), True)])
 def test_streamed_windows_equal_the_in_memory_sliding_window(mobilenet, shared_data, size, flip) -> None:
     image = _photo(shared_data, size)
     x = IMAGENET.to_tensor(image)
@@ -46,9 +46,9 @@ def test_the_band_is_bounded_by_the_tile_not_the_height(mobilenet, shared_data, 
     rows_seen = []
     real = streaming._ensure_rows
 
-    def spy(p, rows, classes, width, device):
-        real(p, rows, classes, width, device)
-        rows_seen.append(p.total.shape[1])
+    def spy(p, base, rows, classes, width, capacity, device):
+        real(p, base, rows, classes, width, capacity, device)
+        rows_seen.append(p.band.shape[1])
 
     monkeypatch.setattr(streaming, "_ensure_rows", spy)
     for height in (200, 600):

@@ -29,6 +29,9 @@ from ..data.normalization import Normalization
 from .tta import ForwardFn, logits_of, window_starts
 
 
+EMIT_COLUMNS = 1024  # finished rows are averaged this many columns at a time: temporaries stay small
+
+
 @dataclass
 class _Pass:
     """One pass over the image (plain or mirrored): its window batches in order and its running band of sums."""
@@ -37,10 +40,21 @@ class _Pass:
     mirrored: bool
     chunks: list[list[tuple[int, int]]]  # (top, left) windows, in the in-memory sliding window's batches
     next_chunk: int = 0
-    total: Tensor | None = None  # C × rows × padded_w: rows [base, base + rows) of the padded image
+    band: Tensor | None = None  # C × capacity × padded_w, circular: padded row r lives in band row r % capacity
 
     def pending_top(self) -> float:
         return self.chunks[self.next_chunk][0][0] if self.next_chunk < len(self.chunks) else math.inf
+
+
+def _pieces(start: int, count: int, capacity: int) -> list[tuple[int, int, int]]:
+    """Rows [start, start + count) of the image as (band row, offset, length) pieces of a circular band."""
+    pieces, offset = [], 0
+    while offset < count:
+        row = (start + offset) % capacity
+        length = min(count - offset, capacity - row)
+        pieces.append((row, offset, length))
+        offset += length
+    return pieces
 
 
 def label_dtype(num_classes: int) -> np.dtype:
@@ -72,6 +86,9 @@ def stream_labels(forward: ForwardFn, image: np.ndarray, normalization: Normaliz
     chunks = [order[i:i + window_batch_size] for i in range(0, len(order), window_batch_size)]
     passes = [_Pass(image, False, chunks)] + ([_Pass(image[:, ::-1], True, chunks)] if flip else [])
     remaining = {(k, top): len(lefts) for k in range(len(passes)) for top in tops}
+    # One pass never works past the row band being finished: a tile of rows. A flipped pass may run one step
+    # ahead of the other (the one behind goes first); a batch of windows spanning rows regrows the band.
+    capacity = tile if len(passes) == 1 else tile + stride
     labels: np.ndarray | None = None
     base, done_band = 0, -1  # rows < base are handed out; bands <= done_band are complete in every pass
     device = torch.device(device)
@@ -85,14 +102,15 @@ def stream_labels(forward: ForwardFn, image: np.ndarray, normalization: Normaliz
             crops = crops.contiguous(memory_format=torch.channels_last)
         probs = torch.softmax(logits_of(forward, crops, amp), dim=1)
         for (top, left), prob in zip(chunk, probs):
-            _ensure_rows(p, top + tile - base, prob.shape[0], padded_w, device)
-            p.total[:, top - base:top - base + tile, left:left + tile] += prob
+            _ensure_rows(p, base, top + tile - base, prob.shape[0], padded_w, capacity, device)
+            for row, offset, length in _pieces(top, tile, p.band.shape[1]):
+                p.band[:, row:row + length, left:left + tile] += prob[:, offset:offset + length]
             remaining[(k, top)] -= 1
         while done_band + 1 < len(tops) and all(remaining[(i, tops[done_band + 1])] == 0 for i in range(len(passes))):
             done_band += 1
             finished = tops[done_band + 1] if done_band + 1 < len(tops) else padded_h  # rows no later band touches
             if labels is None:
-                labels = np.empty((height, width), dtype=label_dtype(passes[0].total.shape[0]))
+                labels = np.empty((height, width), dtype=label_dtype(passes[0].band.shape[0]))
             _emit(passes, base, finished, row_count, col_count, height, width, labels, probabilities_out)
             base = finished
     assert labels is not None
@@ -112,13 +130,23 @@ def _whole(forward: ForwardFn, image: np.ndarray, normalization: Normalization, 
     return probs[0].argmax(0).cpu().numpy().astype(label_dtype(probs.shape[1]), copy=False)
 
 
-def _ensure_rows(p: _Pass, rows: int, classes: int, width: int, device: torch.device) -> None:
-    """Grow the pass's band so it holds ``rows`` rows from the current base."""
-    if p.total is None:
-        p.total = torch.zeros(classes, rows, width, dtype=torch.float32, device=device)
-    elif p.total.shape[1] < rows:
-        extra = torch.zeros(classes, rows - p.total.shape[1], width, dtype=torch.float32, device=device)
-        p.total = torch.cat([p.total, extra], dim=1)
+def _ensure_rows(p: _Pass, base: int, rows: int, classes: int, width: int, capacity: int,
+                 device: torch.device) -> None:
+    """Make the pass's circular band hold ``rows`` rows from ``base``: allocated once at ``capacity`` (a tile
+    and a step cover the usual case), regrown — its rows moved to their new places — only when a batch of
+    windows reaches further ahead."""
+    if p.band is None:
+        p.band = torch.zeros(classes, max(rows, capacity), width, dtype=torch.float32, device=device)
+        return
+    old = p.band
+    if old.shape[1] >= rows:
+        return
+    grown = torch.zeros(classes, rows, width, dtype=torch.float32, device=device)
+    for row, offset, length in _pieces(base, old.shape[1], old.shape[1]):
+        for new_row, new_offset, new_length in _pieces(base + offset, length, rows):
+            source = row + new_offset
+            grown[:, new_row:new_row + new_length] = old[:, source:source + new_length]
+    p.band = grown
 
 
 def _coverage(starts: list[int], tile: int, size: int) -> Tensor:
@@ -138,25 +166,36 @@ def _crop(image: np.ndarray, top: int, left: int, tile: int, normalization: Norm
     return x
 
 
+def _rows(p: _Pass, top: int, count: int, a: int, b: int) -> Tensor:
+    """Rows [top, top + count), columns [a, b) of the pass's circular band (a copy only where it wraps)."""
+    parts = [p.band[:, row:row + length, a:b] for row, _, length in _pieces(top, count, p.band.shape[1])]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def _emit(passes: list[_Pass], base: int, finished: int, row_count: Tensor, col_count: Tensor, height: int,
           width: int, labels: np.ndarray, probabilities_out: np.ndarray | None) -> None:
-    """Average rows [base, finished) of every pass, write their labels (and probabilities), drop them from the
-    bands. Padding (rows past ``height``, columns past ``width`` — of the mirrored image for the flipped pass)
-    is cut before the mirrored pass is flipped back, as the in-memory version does."""
-    rows, last = finished - base, min(finished, height)
-    count = (row_count[base:finished, None] * col_count[None, :]).to(passes[0].total.device)
-    averaged: Tensor | None = None
-    for p in passes:
-        probs = (p.total[:, :rows] / count)[:, :last - base, :width]
-        if p.mirrored:
-            probs = probs.flip(-1)
-        averaged = probs if averaged is None else averaged + probs
-        p.total = p.total[:, rows:]
-    if len(passes) > 1:
-        averaged = averaged / len(passes)
+    """Average rows [base, finished) of every pass, write their labels (and probabilities), clear them from the
+    bands for the rows that come next. Padding (rows past ``height``, columns past ``width`` — of the mirrored
+    image for the flipped pass) is cut before the mirrored pass is flipped back, as the in-memory version does;
+    the same element-wise arithmetic, a block of columns at a time, so the labels stay bit-identical."""
+    last = min(finished, height)
     if last > base:
-        labels[base:last] = averaged.argmax(0).cpu().numpy().astype(labels.dtype, copy=False)
-        if probabilities_out is not None:
-            probabilities_out[:, base:last] = averaged.cpu().numpy().astype(probabilities_out.dtype, copy=False)
-
-
+        rows = row_count[base:last, None].to(passes[0].band.device)
+        for c0 in range(0, width, EMIT_COLUMNS):
+            c1 = min(width, c0 + EMIT_COLUMNS)
+            averaged: Tensor | None = None
+            for p in passes:
+                a, b = (width - c1, width - c0) if p.mirrored else (c0, c1)
+                probs = _rows(p, base, last - base, a, b) / (rows * col_count[None, a:b].to(rows.device))
+                if p.mirrored:
+                    probs = probs.flip(-1)
+                averaged = probs if averaged is None else averaged + probs
+            if len(passes) > 1:
+                averaged = averaged / len(passes)
+            labels[base:last, c0:c1] = averaged.argmax(0).cpu().numpy().astype(labels.dtype, copy=False)
+            if probabilities_out is not None:
+                probabilities_out[:, base:last, c0:c1] = averaged.cpu().numpy().astype(
+                    probabilities_out.dtype, copy=False)
+    for p in passes:
+        for row, _, length in _pieces(base, finished - base, p.band.shape[1]):
+            p.band[:, row:row + length].zero_()
