@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark.measure import Measured, agreement, count_flops, resident_mb, time_round_robin
     from ..benchmark.peaks import compute_rates
     from ..benchmark.report import rows, table, write_chart, write_json
-    from ..export.quantize import calibration_images
+    from ..export.quantize import calibration_for
     from ..export.runtimes import build_runner
     from ..inference.loading import load_any
     from ..models.registry import get_model
@@ -110,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
         model = get_model(args.model, num_classes=21).eval()
         card = ModelCard.default(model.config)
     x, photo = _input(args, card.normalization, size)
-    if args.precision == "int8" and args.calibration is None:
-        raise ValueError("--precision int8 needs --calibration FOLDER: 8–16 images like the ones to segment")
-    calibration = calibration_images(args.calibration, card.normalization) if args.calibration else ()
+    calibration = calibration_for(args.calibration, card.normalization, required=args.precision == "int8")
     print(describe())
     print("measuring this machine's compute rates ...", file=sys.stderr)
     peaks = compute_rates()

@@ -125,8 +125,6 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
         raise ValueError(f"{args.weights}: an .onnx file runs with --backend onnxruntime in fp32")
     if precision == "int8" and (backend != "onnxruntime" or loaded.kind == "onnx"):
         raise ValueError("--precision int8 runs on --backend onnxruntime, from a torch model file (not .onnx)")
-    if precision == "int8" and getattr(args, "calibration", None) is None:
-        raise ValueError("--precision int8 needs --calibration FOLDER: 8–16 images like the ones to segment")
     if backend == "onnxruntime" and loaded.kind != "onnx" and precision == "bf16":
         raise ValueError("--backend onnxruntime has no bf16 CPU path; use torch or openvino for bf16")
     if device.type != "cpu" and (backend != "torch" or precision != "fp32"):
@@ -141,11 +139,11 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
                            threads=args.threads, notify=notify)
     else:
         path = InferencePath(backend, precision, getattr(args, "compile", False))
-    calibration = ()
-    if precision == "int8":
-        from ..export.quantize import calibration_images
+    from ..export.quantize import calibration_for
 
-        calibration = calibration_images(args.calibration, loaded.card.normalization)
+    int8 = precision == "int8"
+    source = getattr(args, "calibration", None) if int8 else None
+    calibration = calibration_for(source, loaded.card.normalization, required=int8)
     tile_above = int(args.tile_above * 1e6) if args.tile_above else None
     predictor = fast_predictor(loaded, path, output_stride=args.output_stride, threads=args.threads, device=device,
                                scales=args.scales, flip=args.flip, tile=args.tile, batch_size=args.batch_size,

@@ -52,6 +52,16 @@ def calibration_images(source: str | os.PathLike, normalization: Normalization,
     return tensors
 
 
+def calibration_for(source: str | os.PathLike | None, normalization: Normalization, *,
+                    required: bool) -> list[Tensor]:
+    """``calibration_images(source)``; no source: nothing, or — when int8 is asked for — a one-line error."""
+    if source is None:
+        if required:
+            raise ValueError("--precision int8 needs --calibration FOLDER: 8–16 images like the ones to segment")
+        return []
+    return calibration_images(source, normalization)
+
+
 class _Reader:
     """ONNX Runtime's calibration data reader over our tensors."""
 
@@ -97,4 +107,4 @@ def quantize_int8(model: nn.Module, calibration: Sequence[Tensor], threads: int 
         return OnnxRuntimeModel(quantized, threads=threads)  # the session holds the graph; the files can go
 
 
-__all__ = ["CALIBRATION_LIMIT", "calibration_images", "quantize_int8"]
+__all__ = ["CALIBRATION_LIMIT", "calibration_for", "calibration_images", "quantize_int8"]
