@@ -138,7 +138,8 @@ def main() -> None:
               "requests": len(answers), "accepted": len(accepted), "throughput_per_s": len(accepted) / run["wall"],
               "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
               "p99_ms": 1000 * percentile(latencies, 99), "share_503": 1 - len(accepted) / max(len(answers), 1),
-              "other_statuses": other, "exact_answers": exact, "rounding_answers": rounding, "wrong_answers": wrong, "batch_sizes": sizes,
+              "other_statuses": other, "exact_answers": exact, "rounding_answers": rounding, "wrong_answers": wrong,
+              "batch_sizes": sizes,
               "mean_batch": sum(k * v for k, v in sizes.items()) / max(passes, 1), "machine": describe(args.threads)}
     print(f"{len(answers)} requests in {run['wall']:.1f} s: {result['throughput_per_s']:.2f} accepted/s, "
           f"latency p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "

@@ -7,7 +7,8 @@ The first row is always fp32 eager (the unfolded model, channels-last: what ``pr
 paths); the others are the requested path, or with ``--compare`` every path this machine offers. Each row:
 latency (median/min/max over ``--repeats`` round-robin runs after ``--warmup``), images/s, the ratio to the
 first row, achieved GFLOP/s and its share of the machine's own peak in that precision (the best
-convolution rate, measured in the same run), label agreement and max |Δ| of the logits against fp32 eager on a real photo.
+convolution rate, measured in the same run), label agreement and max |Δ| of the logits against fp32 eager
+on a real photo.
 """
 
 from __future__ import annotations

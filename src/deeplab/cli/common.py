@@ -81,9 +81,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference engine (default: torch; .onnx files run on onnxruntime); auto: the fastest "
                              "here, timed on the first image")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
-                        help="fp32 (default, exact), bf16 (CPUs with AVX512-BF16/AMX), int8 (ONNX Runtime, calibrated "
-                             "on --calibration images), auto: the fastest fp32/bf16 path within 99.5 %% label "
-                             "agreement with fp32 on the first image")
+                        help="fp32 (default, exact), bf16 (CPUs with AVX512-BF16/AMX), int8 (ONNX Runtime, "
+                             "calibrated on --calibration images), auto: the fastest fp32/bf16 path within 99.5 %% "
+                             "label agreement with fp32 on the first image")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
                         help="int8: images like the ones to segment (the first 16 of the folder, or one file)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -106,8 +106,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = False, sample=None):
-    """(Predictor, LoadedModel, InferencePath) from the shared model arguments. ``sample``: a function giving one real image,
-    for ``--backend auto`` / ``--precision auto`` to time the candidates on."""
+    """(Predictor, LoadedModel, InferencePath) from the shared model arguments. ``sample``: a function giving
+    one real image, for ``--backend auto`` / ``--precision auto`` to time the candidates on."""
     import torch
 
     from ..export.fast_predictor import candidates, choose_path, fast_predictor

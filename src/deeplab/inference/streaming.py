@@ -4,10 +4,11 @@ window touches them, so memory is bounded by the tile and the image width, never
 The windows, their order, their batches and the per-pixel averaging are exactly those of
 ``tta.sliding_window_probabilities`` (an image is cut into tile×tile windows stepping by at most
 ``tile × (1 − overlap)``, probabilities summed and divided by how many windows cover each pixel), so the labels
-equal the in-memory sliding window's bit for bit. What differs is what is kept: a band of ``C × (tile + a few
-steps) × W`` probabilities instead of ``C × H × W``, the image as uint8 (each window is normalised on its own),
-and labels as uint8 (int16 past 256 classes). With ``flip`` the mirrored pass runs band by band beside the
-plain one, as the paper's test-time flip; other scales need the whole rescaled image and are not streamed.
+equal the in-memory sliding window's bit for bit. What differs is what is kept: a circular band of
+``C × tile × W`` probabilities (a step more with flip), allocated once, instead of ``C × H × W``, the image
+as uint8 (each window is normalised on its own), and labels as uint8 (int16 past 256 classes). With ``flip``
+the mirrored pass runs band by band beside the plain one, as the paper's test-time flip; other scales need
+the whole rescaled image and are not streamed.
 
 Probabilities are kept only when asked, written row band by row band into ``probabilities_out`` (e.g. a
 memory-mapped ``.npy`` from ``open_probability_file``) so even they never sit in memory whole.
@@ -132,8 +133,8 @@ def _whole(forward: ForwardFn, image: np.ndarray, normalization: Normalization, 
 
 def _ensure_rows(p: _Pass, base: int, rows: int, classes: int, width: int, capacity: int,
                  device: torch.device) -> None:
-    """Make the pass's circular band hold ``rows`` rows from ``base``: allocated once at ``capacity`` (a tile
-    and a step cover the usual case), regrown — its rows moved to their new places — only when a batch of
+    """Make the pass's circular band hold ``rows`` rows from ``base``: allocated once at ``capacity`` (a tile,
+    a step more with flip), regrown — its rows moved to their new places — only when a batch of
     windows reaches further ahead."""
     if p.band is None:
         p.band = torch.zeros(classes, max(rows, capacity), width, dtype=torch.float32, device=device)
