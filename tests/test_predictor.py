@@ -98,7 +98,7 @@ def test_backend_callable_with_tta(mobilenet, images, as_numpy) -> None:
     recorder = Recorder(mobilenet, as_numpy=as_numpy)
     via_backend = Predictor(None, backend=recorder, **options).predict(batch)
     direct = Predictor(mobilenet, **options).predict(batch)
-    assert [s[-2:] for s in recorder.shapes] == [(45, 60), (45, 60), (60, 80), (60, 80)]
+    assert recorder.shapes == [(6, 3, 45, 60), (6, 3, 60, 80)]  # each scale's 3 images and their mirrors at once
     for a, b in zip(via_backend, direct):
         np.testing.assert_array_equal(a.probabilities, b.probabilities)
 

@@ -36,7 +36,7 @@ def test_flip_known_answer(model, images) -> None:
         plain = torch.softmax(model(x), dim=1)
         mirrored = torch.softmax(model(x.flip(-1)), dim=1).flip(-1)
     result = predict_probabilities(model, x, flip=True)
-    torch.testing.assert_close(result, (plain + mirrored) / 2, rtol=0, atol=1e-7)
+    torch.testing.assert_close(result, (plain + mirrored) / 2, rtol=0, atol=1e-6)  # pair batched: rounding
     assert (plain - mirrored).abs().max() > 1e-3  # the flipped pass really is a different prediction
 
 
@@ -52,15 +52,52 @@ def test_multi_scale_known_answer(mobilenet, images) -> None:
     torch.testing.assert_close(result, expected / 3, rtol=0, atol=1e-6)
 
 
-def test_paper_protocol_runs_every_pass(mobilenet, images) -> None:
+def test_paper_protocol_runs_every_pass_once(mobilenet, images) -> None:
+    """Twelve passes in six forward calls: each scale's image and its mirror go through as one batch."""
     assert PAPER_SCALES == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     recorder = Recorder(mobilenet)
-    x = IMAGENET.to_tensor(images["voc_64x48"])  # 48×64
+    x = IMAGENET.to_tensor(images["voc_64x48"])  # 2 images, 48×64
     probs = predict_probabilities(recorder, x, scales=PAPER_SCALES, flip=True)
-    expected_sizes = [(round(48 * s), round(64 * s)) for s in PAPER_SCALES for _ in range(2)]
-    assert [shape[-2:] for shape in recorder.shapes] == expected_sizes
+    assert recorder.shapes == [(4, 3, round(48 * s), round(64 * s)) for s in PAPER_SCALES]
     assert probs.shape == (2, 4, 48, 64)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 48, 64), rtol=0, atol=1e-5)
+
+
+def _every_pass_resized(model, x, scales):
+    """The protocol spelled out: each of the 2·len(scales) passes run alone and resized back alone."""
+    height, width = x.shape[-2:]
+    total = torch.zeros(x.shape[0], model.config["num_classes"], height, width)
+    with torch.no_grad():
+        for scale in scales:
+            size = (round(height * scale), round(width * scale))
+            scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear",
+                                                                     align_corners=False)
+            for mirrored in (False, True):
+                probs = torch.softmax(model(scaled.flip(-1) if mirrored else scaled), dim=1)
+                probs = probs.flip(-1) if mirrored else probs
+                if probs.shape[-2:] != (height, width):
+                    probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+                total += probs
+    return total / (2 * len(scales))
+
+
+def test_paired_flip_and_one_resize_per_scale_equal_every_pass_alone(mobilenet, images, monkeypatch) -> None:
+    import deeplab.inference.tta as tta
+
+    resized = []
+
+    def interpolate(tensor, *args, **kwargs):
+        resized.append(tuple(tensor.shape))
+        return F.interpolate(tensor, *args, **kwargs)
+
+    x = IMAGENET.to_tensor(images["camvid_96x72"])  # real CamVid frames, 72×96
+    expected = _every_pass_resized(mobilenet, x, PAPER_SCALES)
+    monkeypatch.setattr(tta, "F", type("Functional", (), {"interpolate": staticmethod(interpolate), "pad": F.pad}))
+    result = predict_probabilities(mobilenet, x, scales=PAPER_SCALES, flip=True)
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
+    probability_resizes = [shape for shape in resized if shape[1] != 3]
+    assert len(probability_resizes) == 5  # one per scale other than 1.0 (images resized: the other 5 calls)
+    assert all(shape[0] == x.shape[0] for shape in probability_resizes)  # the flipped pair summed before it
 
 
 def test_model_left_in_training_mode_is_evaluated_and_restored(images) -> None:

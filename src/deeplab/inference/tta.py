@@ -112,6 +112,10 @@ def predict_probabilities(model: nn.Module | ForwardFn, batch: Tensor, *, scales
     probabilities mirrored back. The result is the plain mean of the ``len(scales) × (1 + flip)`` passes,
     so ``scales=(1.0,)`` without flip is exactly ``softmax(model(batch))``.
 
+    No work is repeated: with ``flip`` (and no tiling) an image and its mirror run as one batch, and the two
+    are summed at the scaled size so each scale is resized back once — resizing is linear and commutes with
+    the mirror, so this equals resizing every pass to float rounding.
+
     ``model`` is a module (put in eval mode for the call, then restored) or any callable from an N×3×H×W
     float tensor to logits (an ONNX runtime wrapper, say). ``amp`` runs the passes under float16 autocast
     on CUDA and is ignored on other devices; probabilities are always float32.
@@ -144,19 +148,23 @@ def _tta(forward: ForwardFn, batch: Tensor, scales: tuple[float, ...], flip: boo
         return sliding_window_probabilities(forward, x, tile, overlap=tile_overlap,
                                             window_batch_size=window_batch_size, amp=amp)
 
+    n = batch.shape[0]
     total: Tensor | None = None
-    passes = 0
     for scale in scales:
         size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
         scaled = batch if size == (height, width) else F.interpolate(
             batch, size=size, mode="bilinear", align_corners=align_corners)
-        for mirrored in (False, True) if flip else (False,):
-            probs = run(scaled.flip(-1) if mirrored else scaled)
-            if mirrored:
-                probs = probs.flip(-1)
-            if probs.shape[-2:] != (height, width):
-                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=align_corners)
-            total = probs if total is None else total + probs
-            passes += 1
+        if flip and tile is None:  # the image and its mirror as one batch: one forward pass per scale
+            pair = run(torch.cat([scaled, scaled.flip(-1)]))
+            probs = pair[:n] + pair[n:].flip(-1)
+        else:
+            probs = run(scaled)
+            if flip:
+                probs = probs + run(scaled.flip(-1)).flip(-1)
+        if probs.shape[-2:] != (height, width):  # summed first: one resize per scale (resizing is linear and
+            probs = F.interpolate(probs, size=(height, width), mode="bilinear",  # commutes with the flip)
+                                  align_corners=align_corners)
+        total = probs if total is None else total + probs
     assert total is not None
+    passes = len(scales) * (2 if flip else 1)
     return total if passes == 1 else total / passes
