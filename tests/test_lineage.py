@@ -12,6 +12,7 @@ from torch import nn
 from conftest import applied_dilations
 from deeplab.models import deeplabv1, deeplabv2, deeplabv3
 from deeplab.models.aspp_v2 import ASPP_S_RATES
+from deeplab.models.atrous import AtrousConv2d
 from deeplab.models.backbones import MobileNetV3LargeBackbone, ResNetBackbone, VGG16Backbone
 from deeplab.models.complexity import count_parameters
 from deeplab.weights import load_backbone_weights, load_torchvision, torchvision_deeplabv3_config
@@ -56,7 +57,7 @@ def test_largefov_is_vgg16_at_stride_8_with_fc6_at_rate_12() -> None:
             assert (dilation, stride) == ((2 if index in conv5 else 1), 1), name
     assert seen["classifier.branches.0.0"] == (12, 1)
     branch = model.classifier.branches[0]
-    assert [type(m) for m in branch] == [nn.Conv2d, nn.ReLU, nn.Dropout, nn.Conv2d, nn.ReLU, nn.Dropout, nn.Conv2d]
+    assert [type(m) for m in branch] == [AtrousConv2d, nn.ReLU, nn.Dropout, nn.Conv2d, nn.ReLU, nn.Dropout, nn.Conv2d]
     assert (branch[0].in_channels, branch[0].out_channels, branch[3].out_channels, branch[6].out_channels) == (
         512, 1024, 1024, 21)
     assert branch[3].kernel_size == branch[6].kernel_size == (1, 1) and branch[2].p == branch[5].p == 0.5

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .atrous import AtrousConv2d
 
 PAPER_RATES_AT_OS16 = (6, 12, 18)
 REFERENCE_OUTPUT_STRIDE = 16
@@ -47,8 +48,9 @@ def rescale_rates(rates: Sequence[int], from_stride: int, to_stride: int) -> tup
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> list[nn.Module]:
     """Conv (no bias: BN follows) + BN + ReLU as a list, so callers control the Sequential's indices."""
     padding = (kernel_size - 1) // 2 * dilation
+    conv = AtrousConv2d if dilation > 1 else nn.Conv2d
     return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+        conv(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     ]
@@ -56,7 +58,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dila
 
 def separable_conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> list[nn.Module]:
     """3×3 depthwise (BN + ReLU) then 1×1 pointwise (BN + ReLU): the DeepLabV3+ separable conv."""
-    depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation,
+    depthwise = AtrousConv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation,
                           groups=in_channels, bias=False)
     return [depthwise, nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True), *conv_bn_relu(in_channels, out_channels)]
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .aspp import rescale_rates
+from .atrous import AtrousConv2d
 
 ASPP_L_RATES = (6, 12, 18, 24)
 ASPP_S_RATES = (2, 4, 8, 12)
@@ -33,9 +34,9 @@ class AtrousBranch(nn.Sequential):
     def __init__(self, in_channels: int, num_classes: int, rate: int, channels: int = FC_CHANNELS,
                  dropout: float = DROPOUT) -> None:
         if channels == 0:
-            super().__init__(nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate))
+            super().__init__(AtrousConv2d(in_channels, num_classes, 3, padding=rate, dilation=rate))
             return
-        super().__init__(nn.Conv2d(in_channels, channels, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True),
+        super().__init__(AtrousConv2d(in_channels, channels, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True),
                          nn.Dropout(dropout), nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True),
                          nn.Dropout(dropout), nn.Conv2d(channels, num_classes, 1))
 
