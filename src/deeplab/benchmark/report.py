@@ -9,7 +9,9 @@ from typing import Any
 
 from ..utils.files import atomic_write_bytes
 from ..visualize import plot_bars
+from ..visualize.scatter import TradeoffPoint, plot_tradeoff
 from .measure import Measured
+from .pareto import TradeoffRow
 
 
 def rows(measured: list[Measured], *, flops: int, batch: int, peaks: dict[str, float]) -> list[dict[str, Any]]:
@@ -47,3 +49,8 @@ def write_json(document: dict[str, Any], path: str | os.PathLike) -> Path:
 def write_chart(results: list[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
     return plot_bars([r["path"] for r in results], [r["images_per_s"] for r in results], path, title=title,
                      unit="img/s", notes=[f"{r['vs_baseline']:.2f}x" for r in results])
+
+
+def write_tradeoff_chart(rows: list[TradeoffRow], path: str | os.PathLike, title: str) -> Path:
+    points = [TradeoffPoint(r.ms, r.miou, r.path, f"{r.strategy.name} · {r.path}", r.on_front) for r in rows]
+    return plot_tradeoff(points, path, title=title)

@@ -2,6 +2,7 @@
 
     deeplab benchmark -w model.pt [--size 513] [--output-stride 16] [--batch 1] [--threads 2] --compare
     deeplab benchmark --model deeplabv3_resnet101 --size 513 --backend openvino --precision bf16
+    deeplab benchmark -w model.pt --pareto --dataset camvid --root data/camvid --split val [--crf] [--limit 30]
 
 The first row is always fp32 eager (the unfolded model, channels-last: what ``predict`` ran before the fast
 paths); the others are the requested path, or with ``--compare`` every path this machine offers. Each row:
@@ -9,6 +10,10 @@ latency (median/min/max over ``--repeats`` round-robin runs after ``--warmup``),
 first row, achieved GFLOP/s and its share of the machine's own peak in that precision (the best
 convolution rate, measured in the same run), label agreement and max |Δ| of the logits against fp32 eager
 on a real photo.
+
+``--pareto`` scores every test-time strategy (output stride 16/8, scales, flip, CRF) on every path against
+real labels and times each, for the accuracy-against-time table, its Pareto front and a scatter plot
+(``benchmark/pareto.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .common import positive_int
+from .eval import add_data_arguments, load_dataset
 
 DEFAULT_PHOTO = Path("../shared/data/voc2012_val_dev/JPEGImages/2007_000187.jpg")
 
@@ -31,18 +37,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-stride", type=int, default=None)
     parser.add_argument("--batch", type=positive_int, default=1)
     parser.add_argument("--threads", type=positive_int, default=None, help="compute threads (default: all cores)")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                        help="int8: ONNX Runtime, calibrated on --calibration")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
+                        help="the path to time (default torch); with --pareto: only it beside torch fp32")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
+                        help="fp32 (default), bf16, int8 (ONNX Runtime, calibrated on --calibration)")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
                         help="images to calibrate int8 on; with --compare, adds the onnxruntime int8 path")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (inductor) paths; slow to build")
     parser.add_argument("--compare", action="store_true", help="every path this machine offers")
-    parser.add_argument("--repeats", type=positive_int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (default 10; 3 with --pareto)")
     parser.add_argument("--warmup", type=positive_int, default=3)
     parser.add_argument("--photo", type=Path, default=None, help=f"real photo for agreement (default {DEFAULT_PHOTO})")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
-    parser.add_argument("--png", type=Path, help="write a bar chart of images/s")
+    parser.add_argument("--png", type=Path, help="write a bar chart of images/s (with --pareto: the scatter plot)")
+    pareto = parser.add_argument_group("accuracy against time (--pareto; the data options are eval's)")
+    pareto.add_argument("--pareto", action="store_true", help="mIoU and ms/image of every strategy on every path")
+    pareto.add_argument("--crf", action="store_true", help="with --pareto: also every strategy followed by the CRF")
+    add_data_arguments(pareto, required=False)
     parser.set_defaults(run=run)
 
 
@@ -61,9 +72,10 @@ def _paths(args: argparse.Namespace):
     from ..utils.machine import has_fast_bf16
 
     if not args.compare:
-        backend = "onnxruntime" if args.precision == "int8" else args.backend
-        wanted = [InferencePath(backend, args.precision)]
-        return wanted + ([InferencePath("torch", args.precision, compile=True)] if args.compile else [])
+        precision = args.precision or "fp32"
+        backend = "onnxruntime" if precision == "int8" else args.backend or "torch"
+        wanted = [InferencePath(backend, precision)]
+        return wanted + ([InferencePath("torch", precision, compile=True)] if args.compile else [])
     precisions = ["fp32", "bf16"] if has_fast_bf16() else ["fp32"]
     paths = [InferencePath("torch", p) for p in precisions] + [InferencePath("onnxruntime", "fp32")]
     paths += [InferencePath("openvino", p) for p in precisions]
@@ -86,6 +98,11 @@ def _input(args: argparse.Namespace, normalization, size: tuple[int, int]):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pareto:
+        return run_pareto(args)
+    if args.dataset or args.crf:
+        raise ValueError("--dataset and --crf belong to --pareto")
+    args.repeats = args.repeats or 10
     import torch
     from tqdm import tqdm
 
@@ -147,4 +164,51 @@ def run(args: argparse.Namespace) -> int:
                     "peaks_gflops": peaks, "machine": describe(), "results": results}, args.json)
     if args.png:
         write_chart(results, args.png, f"{Path(str(name)).name}, {size[0]}x{size[1]}, batch {args.batch}, OS{stride}")
+    return 0
+
+
+def run_pareto(args: argparse.Namespace) -> int:
+    """``--pareto``: the accuracy-against-time table, JSON and scatter plot."""
+    import torch
+    from tqdm import tqdm
+
+    from ..benchmark.pareto import default_strategies, measure_tradeoffs, table
+    from ..benchmark.report import write_json, write_tradeoff_chart
+    from ..export.quantize import calibration_for
+    from ..export.runtimes import InferencePath
+    from ..inference.loading import load_any
+    from ..utils.machine import describe
+
+    if not args.weights or not args.dataset:
+        raise ValueError("--pareto needs a trained model (-w) and labelled data (--dataset, --root, --split)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = load_dataset(args)
+    loaded = load_any(args.weights)
+    calibration = calibration_for(args.calibration, loaded.card.normalization, required=args.precision == "int8")
+    chosen = args.backend is not None or args.precision is not None  # one path beside fp32, or all of them
+    paths = _paths(argparse.Namespace(**{**vars(args), "compare": not chosen}))
+    if chosen:
+        paths = [InferencePath("torch", "fp32")] + [p for p in paths if p != InferencePath("torch", "fp32")]
+    strategies = default_strategies(args.crf)
+    print(describe())
+    count = min(args.limit or len(dataset), len(dataset))
+    with tqdm(total=len(paths) * len(strategies) + 1, desc="pareto", unit="step", file=sys.stderr) as bar:
+        def progress(line: str) -> None:
+            if not line.startswith("building"):
+                bar.update(1)
+            bar.set_postfix_str(line[:60])
+
+        rows = measure_tradeoffs(loaded, dataset, paths, strategies, limit=args.limit, calibration=calibration,
+                                 threads=torch.get_num_threads(), repeats=args.repeats or 3, progress=progress)
+    print(f"{args.weights} on {dataset.info.name} ({count} images; ms/image on the first, median of "
+          f"{args.repeats or 3} round-robin runs)")
+    print(table(rows))
+    print(describe().split("; ")[-1] + " at the end")
+    title = f"{Path(str(args.weights)).name} on {dataset.info.name} ({count} images)"
+    if args.json:
+        write_json({"model": str(args.weights), "dataset": dataset.info.name, "images": count,
+                    "machine": describe(), "results": [r.as_dict() for r in rows]}, args.json)
+    if args.png:
+        write_tradeoff_chart(rows, args.png, title)
     return 0

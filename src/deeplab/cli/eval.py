@@ -13,8 +13,8 @@ from .common import (add_label_arguments, add_model_arguments, build_predictor, 
                      resolve_device, uses_crf)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=("voc", "camvid", "cityscapes", "folder"))
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--dataset", required=required, choices=("voc", "camvid", "cityscapes", "folder"))
     parser.add_argument("--root", help="dataset root folder")
     parser.add_argument("--split", help="split name or split-list file (e.g. val, val_dev.txt)")
     parser.add_argument("--images", help="folder dataset: images folder")
