@@ -5,6 +5,7 @@ row."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -69,3 +70,51 @@ def test_benchmark_times_the_int8_path(tflite_file: Path, shared_data: Path, cal
     rows = {r["path"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
     assert set(rows) == {"torch eager fp32", "onnxruntime int8"}
     assert rows["onnxruntime int8"]["agreement"] > 0.95 and rows["onnxruntime int8"]["median_ms"] > 0
+
+
+def test_a_server_runs_int8_like_the_offline_int8_predictor(tflite_file: Path, shared_data: Path,
+                                                             calibration: Path) -> None:
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from deeplab.data.io import read_image
+    from deeplab.export.fast_predictor import fast_predictor
+    from deeplab.export.quantize import calibration_for
+    from deeplab.export.runtimes import InferencePath
+    from deeplab.inference.loading import load_any
+    from deeplab.serve.launcher import ServerProcess
+
+    photo = sorted((shared_data / "voc2012_val_dev" / "JPEGImages").glob("*.jpg"))[0]  # not a calibration image
+    loaded = load_any(tflite_file)
+    offline = fast_predictor(loaded, InferencePath("onnxruntime", "int8"),
+                             calibration=calibration_for(calibration, loaded.card.normalization, required=True))
+    expected = offline.predict([read_image(photo)])[0].labels
+    with ServerProcess(tflite_file, "--precision", "int8", "--calibration", str(calibration)) as running:
+        model = httpx.get(f"{running.url}/v1/model").json()
+        assert (model["backend"], model["precision"]) == ("onnxruntime", "int8")
+        answer = httpx.post(f"{running.url}/v1/segment", content=photo.read_bytes(), timeout=60)
+        assert answer.status_code == 200
+        assert (np.asarray(Image.open(io.BytesIO(answer.content))) == expected).mean() > 0.999
+
+
+def test_serve_refuses_int8_without_calibration(tflite_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("uvicorn")
+    assert main(["serve", "-w", str(tflite_file), "--precision", "int8"]) == 2
+    assert "--precision int8 needs --calibration FOLDER" in capsys.readouterr().err
+    assert main(["serve", "-w", str(tflite_file), "--precision", "int8", "--backend", "openvino"]) == 2
+    assert "--precision int8 runs on --backend onnxruntime" in capsys.readouterr().err
+
+
+def test_auto_weighs_int8_when_calibration_is_given(tflite_file: Path, photos: Path, calibration: Path,
+                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(photos / "café photo.jpg"), "-w", str(tflite_file), "-o", str(tmp_path / "out"),
+                 "--backend", "auto", "--precision", "auto", "--calibration", str(calibration)]) == 0
+    picked = [line for line in capsys.readouterr().err.splitlines() if line.startswith("auto:")]
+    assert len(picked) == 1 and "onnxruntime int8" in picked[0] and "torch fp32" in picked[0]
+    chosen = picked[0].split("→")[-1].strip()
+    agreement = re.search(rf"{chosen} \d+ ms \(([\d.]+) % agree\)", picked[0])
+    assert agreement and float(agreement.group(1)) >= 99.5  # whatever it chose kept the declared tolerance

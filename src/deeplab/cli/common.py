@@ -111,6 +111,7 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     import torch
 
     from ..export.fast_predictor import candidates, choose_path, fast_predictor
+    from ..export.quantize import calibration_for, check_int8_path
     from ..export.runtimes import InferencePath
     from ..inference.loading import load_any
 
@@ -123,27 +124,26 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     backend = args.backend or default_backend
     if loaded.kind == "onnx" and (backend != "onnxruntime" or precision == "bf16"):
         raise ValueError(f"{args.weights}: an .onnx file runs with --backend onnxruntime in fp32")
-    if precision == "int8" and (backend != "onnxruntime" or loaded.kind == "onnx"):
-        raise ValueError("--precision int8 runs on --backend onnxruntime, from a torch model file (not .onnx)")
+    if precision == "int8":
+        check_int8_path(backend, onnx_file=loaded.kind == "onnx")
     if backend == "onnxruntime" and loaded.kind != "onnx" and precision == "bf16":
         raise ValueError("--backend onnxruntime has no bf16 CPU path; use torch or openvino for bf16")
     if device.type != "cpu" and (backend != "torch" or precision != "fp32"):
         raise ValueError(f"--backend {backend} --precision {precision} are CPU paths; on {device} use the defaults")
     notify = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    # int8 needs calibration images; auto also weighs int8 when they are given
+    source = getattr(args, "calibration", None) if precision in ("int8", "auto") else None
+    calibration = calibration_for(source, loaded.card.normalization, required=precision == "int8")
     if loaded.kind == "onnx":
         path = InferencePath("onnxruntime", "fp32")
     elif "auto" in (backend, precision):
         if sample is None:
             raise ValueError("--backend/--precision auto need an image to time the candidates on")
-        path = choose_path(loaded, candidates(backend, precision), sample(), output_stride=args.output_stride,
-                           threads=args.threads, notify=notify)
+        path = choose_path(loaded, candidates(backend, precision, int8=bool(calibration)), sample(),
+                           output_stride=args.output_stride, threads=args.threads, notify=notify,
+                           calibration=calibration)
     else:
         path = InferencePath(backend, precision, getattr(args, "compile", False))
-    from ..export.quantize import calibration_for
-
-    int8 = precision == "int8"
-    source = getattr(args, "calibration", None) if int8 else None
-    calibration = calibration_for(source, loaded.card.normalization, required=int8)
     tile_above = int(args.tile_above * 1e6) if args.tile_above else None
     predictor = fast_predictor(loaded, path, output_stride=args.output_stride, threads=args.threads, device=device,
                                scales=args.scales, flip=args.flip, tile=args.tile, batch_size=args.batch_size,

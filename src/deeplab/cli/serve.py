@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+from pathlib import Path
 
 from .common import megapixels, positive_int
 
@@ -24,8 +25,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-w", "--weights", required=True, help="any model file -w takes elsewhere")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=positive_int, default=8000)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16: on CPUs with AVX512-BF16/AMX (see deeplab benchmark)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="bf16: on CPUs with AVX512-BF16/AMX; int8: ONNX Runtime, calibrated on --calibration "
+                             "(see deeplab benchmark)")
+    parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
+                        help="int8: images like the ones to segment (the first 16 of the folder, or one file)")
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
                         help="default: onnxruntime for .onnx files, torch otherwise")
     parser.add_argument("--device", default="cpu")
@@ -59,8 +63,16 @@ def run(args: argparse.Namespace) -> int:
     check_precision_supported(args.precision)
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"{args.weights}: no such model file")
+    calibration = None
+    if args.precision == "int8":
+        from ..data.normalization import IMAGENET
+        from ..export.quantize import calibration_for, check_int8_path
+
+        check_int8_path(args.backend, onnx_file=args.weights.endswith(".onnx"))
+        calibration_for(args.calibration, IMAGENET, required=True)  # a bad folder fails here, in one line
+        calibration = os.path.abspath(args.calibration)
     os.environ[f"{ENV_PREFIX}CONFIG"] = repr({"weights": os.path.abspath(args.weights), "backend": args.backend,
-                                              "precision": args.precision,
+                                              "precision": args.precision, "calibration": calibration,
                                               "device": args.device, "workers": args.workers, **settings})
     options = dict(factory=True, host=args.host, port=args.port, timeout_graceful_shutdown=60, log_level="info")
     if args.workers > 1:  # uvicorn's supervisor: it restarts a worker that dies

@@ -25,12 +25,15 @@ AUTO_MIN_AGREEMENT = 0.995  # auto never picks a path whose labels differ from f
 AUTO_RUNS = 3
 
 
-def candidates(backend: str, precision: str) -> list[InferencePath]:
-    """The paths ``auto`` chooses among (an explicit backend or precision pins that part)."""
+def candidates(backend: str, precision: str, *, int8: bool = False) -> list[InferencePath]:
+    """The paths ``auto`` chooses among (an explicit backend or precision pins that part); ``int8`` adds ONNX
+    Runtime's int8 (it needs calibration images) — like every candidate, only chosen within the tolerance."""
     backends = list(BACKENDS) if backend == "auto" else [backend]
     precisions = (["fp32", "bf16"] if has_fast_bf16() else ["fp32"]) if precision == "auto" else [precision]
+    if int8 and precision == "auto":
+        precisions.append("int8")
     return [InferencePath(b, p) for b in backends for p in precisions
-            if not (b == "onnxruntime" and p == "bf16")]  # int8 is never chosen for the user
+            if not (b == "onnxruntime" and p == "bf16") and not (p == "int8" and b != "onnxruntime")]
 
 
 def _seconds(run: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
@@ -45,7 +48,7 @@ def _seconds(run: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
 
 def choose_path(loaded: LoadedModel, options: Iterable[InferencePath], sample: np.ndarray, *,
                 output_stride: int | None = None, threads: int | None = None,
-                notify: Callable[[str], Any] = print) -> InferencePath:
+                notify: Callable[[str], Any] = print, calibration: Sequence[torch.Tensor] = ()) -> InferencePath:
     """Time each path on ``sample`` (an H×W×3 image) and return the fastest whose labels agree with fp32
     eager on at least ``AUTO_MIN_AGREEMENT`` of its pixels."""
     model = loaded.model
@@ -55,7 +58,7 @@ def choose_path(loaded: LoadedModel, options: Iterable[InferencePath], sample: n
         results = []
         for path in options:
             try:
-                runner = build_runner(model, path, threads=threads)
+                runner = build_runner(model, path, threads=threads, calibration=calibration)
             except (MissingDependencyError, ImportError) as error:
                 notify(f"auto: {path.name} unavailable ({error})")
                 continue

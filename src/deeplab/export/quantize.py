@@ -62,6 +62,12 @@ def calibration_for(source: str | os.PathLike | None, normalization: Normalizati
     return calibration_images(source, normalization)
 
 
+def check_int8_path(backend: str | None, *, onnx_file: bool) -> None:
+    """int8 is ONNX Runtime's static quantization of a torch model: refuse other backends and exported files."""
+    if backend not in (None, "onnxruntime") or onnx_file:
+        raise ValueError("--precision int8 runs on --backend onnxruntime, from a torch model file (not .onnx)")
+
+
 class _Reader:
     """ONNX Runtime's calibration data reader over our tensors."""
 

@@ -35,11 +35,10 @@ log = logging.getLogger("deeplab.serve")
 
 
 def create_app(model_path: str | Path, settings: ServeSettings | None = None, *, backend: str | None = None,
-               precision: str = "fp32",
-               device: str = "cpu") -> FastAPI:
+               precision: str = "fp32", device: str = "cpu", calibration: str | Path | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     telemetry = Telemetry(settings.max_batch)
-    pool = ModelPool(model_path, backend=backend, precision=precision, device=device)
+    pool = ModelPool(model_path, backend=backend, precision=precision, device=device, calibration=calibration)
     batcher = MicroBatcher(pool.run_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                            queue_size=settings.queue_size, telemetry=telemetry)
 

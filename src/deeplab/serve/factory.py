@@ -20,5 +20,6 @@ def app_from_environment() -> FastAPI:
     workers = config.pop("workers")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     weights, backend, device = config.pop("weights"), config.pop("backend"), config.pop("device")
-    precision = config.pop("precision", "fp32")
-    return create_app(weights, ServeSettings(**config), backend=backend, precision=precision, device=device)
+    precision, calibration = config.pop("precision", "fp32"), config.pop("calibration", None)
+    return create_app(weights, ServeSettings(**config), backend=backend, precision=precision, device=device,
+                      calibration=calibration)

@@ -23,11 +23,15 @@ Options = tuple[int | None, tuple[float, ...], bool, bool]  # (output stride, sc
 
 class ModelPool:
     """``backend``/``precision``: the inference path (``torch`` fp32 by default, batch norm folded — the only
-    one whose output stride a request may change; the others run a copy converted at the model's stride)."""
+    one whose output stride a request may change; the others run a copy converted at the model's stride);
+    int8 runs on ONNX Runtime, quantized at start-up on the ``calibration`` images."""
 
     def __init__(self, path: str | Path, *, backend: str | None = None, precision: str = "fp32",
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", calibration: str | Path | None = None) -> None:
+        if precision == "int8":
+            backend = backend or "onnxruntime"
         self.path, self.backend_name, self.precision, self.device = Path(path), backend, precision, device
+        self.calibration = calibration
         self.runner = None  # the converted model of a non-default path
         self.loaded: LoadedModel | None = None
         self.state = "loading"
@@ -61,6 +65,7 @@ class ModelPool:
             log.exception("could not load %s", self.path)
 
     def _prepare_path(self) -> None:
+        from ..export.quantize import calibration_for
         from ..export.runtimes import InferencePath, build_runner
         from ..models.folding import fold_batchnorm
 
@@ -73,7 +78,8 @@ class ModelPool:
         if path == InferencePath():
             fold_batchnorm(model, inplace=True)  # exact, and faster
         else:
-            self.runner = build_runner(model, path)
+            images = calibration_for(self.calibration, self.card.normalization, required=path.precision == "int8")
+            self.runner = build_runner(model, path, calibration=images)
 
     @property
     def path_name(self) -> str:
