@@ -104,6 +104,7 @@ class TrainConfig:
     aux_weight: float = 0.4
     precision: str = "auto"                  # auto (fp16 AMP on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA)
     channels_last: bool = False              # NHWC activations: faster convolutions on CPU and tensor cores
+    activation_checkpointing: bool = False   # backbone blocks recomputed in backward: less memory, same gradients
     sync_bn: bool = True                     # under DDP on CUDA
     grad_accumulation: int = 1
     eval_every: int = 1000

@@ -26,6 +26,7 @@ from ..data.transforms import train_transforms
 from ..losses import SegmentationLoss
 from ..models.registry import build_model
 from ..models.deeplab import DeepLab
+from ..models.checkpointing import checkpoint_backbone
 from ..utils.distributed import DistInfo
 from ..weights import load_backbone_weights
 from ..weights.card import ModelCard
@@ -117,6 +118,12 @@ def build_run(config: Config, device: torch.device, info: DistInfo, log: Log, *,
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if train_cfg.freeze_bn:
         log(f"freeze-BN: {freeze_batch_norm(model)} batch-norm layers frozen")
+    if train_cfg.activation_checkpointing:
+        blocks = checkpoint_backbone(model)
+        if not blocks:
+            raise ValueError(f"train.activation_checkpointing: the {config.model.backbone} backbone has no residual "
+                             "blocks to checkpoint")
+        log(f"activation checkpointing: {blocks} backbone blocks recompute their activations in the backward pass")
     optimizer = build_optimizer(model, lr=train_cfg.lr, momentum=train_cfg.momentum,
                                 weight_decay=train_cfg.weight_decay, classifier_lr_mult=train_cfg.classifier_lr_mult)
     scheduler = build_scheduler(optimizer, max_iterations=train_cfg.iterations, power=train_cfg.poly_power,
@@ -135,7 +142,7 @@ def build_run(config: Config, device: torch.device, info: DistInfo, log: Log, *,
 RESUMABLE_CHANGES = ("name", "output_dir", "data.workers", "data.root", "data.images", "data.masks", "data.skip_bad",
                      "model.backbone_weights", "model.init_weights", "train.eval_every", "train.checkpoint_every",
                      "train.log_every", "train.keep_last", "train.time_budget_minutes", "train.stop_after",
-                     "train.resume_changes", "train.dist_timeout_s")
+                     "train.resume_changes", "train.dist_timeout_s", "train.activation_checkpointing")
 
 
 def restore(run: TrainingRun, path: Path, checkpoint: ModelFile) -> None:
