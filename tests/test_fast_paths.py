@@ -194,3 +194,11 @@ def test_openvino_leaves_the_threads_signal_stack_as_it_found_it(authors) -> Non
     assert current_signal_stack() == before
     del second
     assert current_signal_stack() == before
+
+
+def test_benchmark_checks_agreement_on_a_photo_of_the_models_dataset(straight_run: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A CamVid model is compared with fp32 on a CamVid street, not on the VOC default."""
+    assert main(["benchmark", "-w", str(straight_run / "best.pt"), "--size", "65,97", "--repeats", "1",
+                 "--warmup", "1"]) == 0
+    assert "agreement on 0016E5_07959.png" in capsys.readouterr().out

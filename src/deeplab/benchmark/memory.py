@@ -8,6 +8,7 @@ variant compared) on a machine that could not hold it; the figure is tensor memo
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -26,7 +27,8 @@ def training_peak_bytes(build: Callable[[], nn.Module], *, batch: int, size: tup
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    with FakeTensorMode():
+    with FakeTensorMode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Module is None", UserWarning)  # the tracker's hooks of a freed model
         model = build().train()
         if checkpointing:
             checkpoint_backbone(model)

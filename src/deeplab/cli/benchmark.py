@@ -21,11 +21,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import positive_int
 from .eval import add_data_arguments, load_dataset
 
+if TYPE_CHECKING:
+    from ..weights.card import ModelCard
+
 DEFAULT_PHOTO = Path("../shared/data/voc2012_val_dev/JPEGImages/2007_000187.jpg")
+DEFAULT_PHOTOS = {"camvid": Path("../shared/data/camvid/val/0016E5_07959.png")}  # by the model card's dataset
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -47,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare", action="store_true", help="every path this machine offers")
     parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (default 10; 3 with --pareto)")
     parser.add_argument("--warmup", type=positive_int, default=3)
-    parser.add_argument("--photo", type=Path, default=None, help=f"real photo for agreement (default {DEFAULT_PHOTO})")
+    parser.add_argument("--photo", type=Path, default=None, help=f"real photo for agreement (default: a CamVid val frame for CamVid models, else {DEFAULT_PHOTO})")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument("--png", type=Path, help="write a bar chart of images/s (with --pareto: the scatter plot)")
     pareto = parser.add_argument_group("accuracy against time (--pareto; the data options are eval's)")
@@ -83,18 +88,18 @@ def _paths(args: argparse.Namespace):
     return paths + ([InferencePath("torch", p, compile=True) for p in precisions] if args.compile else [])
 
 
-def _input(args: argparse.Namespace, normalization, size: tuple[int, int]):
+def _input(args: argparse.Namespace, card: "ModelCard", size: tuple[int, int]):
     """The photo (resized to ``size``, repeated to the batch), normalised."""
     import numpy as np
     from PIL import Image
 
     from ..data.io import read_image
 
-    photo = args.photo or DEFAULT_PHOTO
+    photo = args.photo or DEFAULT_PHOTOS.get(card.dataset or "", DEFAULT_PHOTO)
     if not photo.is_file():
         raise FileNotFoundError(f"{photo}: no such photo (give one with --photo)")
     image = np.asarray(Image.fromarray(read_image(photo)).resize((size[1], size[0]), Image.BILINEAR))
-    return normalization.to_tensor([image] * args.batch), photo
+    return card.normalization.to_tensor([image] * args.batch), photo
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = get_model(args.model, num_classes=21).eval()
         card = ModelCard.default(model.config)
-    x, photo = _input(args, card.normalization, size)
+    x, photo = _input(args, card, size)
     calibration = calibration_for(args.calibration, card.normalization, required=args.precision == "int8")
     print(describe())
     print("measuring this machine's compute rates ...", file=sys.stderr)
