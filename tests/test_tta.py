@@ -126,3 +126,14 @@ def test_predict_probabilities_rejects_bad_batches(mobilenet) -> None:
         predict_probabilities(mobilenet, torch.zeros(3, 16, 16))
     with pytest.raises(ValueError, match="empty"):
         predict_probabilities(mobilenet, torch.zeros(0, 3, 16, 16))
+
+
+def test_class_labels_equal_argmax_ties_included(mobilenet, images) -> None:
+    from deeplab.inference.tta import class_labels
+
+    probs = predict_probabilities(mobilenet, IMAGENET.to_tensor(images["camvid_96x72"]))  # real frames
+    assert torch.equal(class_labels(probs), probs.argmax(1))
+    assert torch.equal(class_labels(probs[0], 0), probs[0].argmax(0))
+    tied = probs.round(decimals=1)  # many exact ties: the first maximal class wins, as with argmax
+    assert (tied.max(1).values.unsqueeze(1) == tied).sum(1).max() > 1
+    assert torch.equal(class_labels(tied), tied.argmax(1))

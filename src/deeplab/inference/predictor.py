@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..data.normalization import Normalization, check_image
 from .streaming import stream_labels
-from .tta import ForwardFn, predict_probabilities, validate_tta
+from .tta import ForwardFn, class_labels, predict_probabilities, validate_tta
 
 DEFAULT_TILE = 513  # the paper's crop: windows the size the models were trained at
 DEFAULT_TILE_ABOVE = 2048 * 2048  # pixels: above this, prediction tiles on its own (4 MP; ~1 GB for MobileNetV2)
@@ -239,7 +239,7 @@ class Predictor:
         for indices in self._batches([None if i in streamed else image for i, image in enumerate(images)]):
             probs = self.predict_batch([images[i] for i in indices])
             names = self.class_names_for(probs.shape[1])
-            labels = probs.argmax(dim=1).cpu().numpy().astype(np.int64)
+            labels = class_labels(probs).cpu().numpy().astype(np.int64)
             kept = probs.cpu().numpy().astype(np.float32, copy=False) if self.return_probabilities else None
             for j, i in enumerate(indices):
                 results[i] = Prediction(labels=labels[j], probabilities=None if kept is None else kept[j],

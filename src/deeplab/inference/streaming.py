@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.normalization import Normalization
-from .tta import ForwardFn, logits_of, window_starts
+from .tta import ForwardFn, class_labels, logits_of, window_starts
 
 
 EMIT_COLUMNS = 1024  # finished rows are averaged this many columns at a time: temporaries stay small
@@ -128,7 +128,7 @@ def _whole(forward: ForwardFn, image: np.ndarray, normalization: Normalization, 
         probs = (probs + torch.softmax(logits_of(forward, mirrored, amp), dim=1).flip(-1)) / 2
     if probabilities_out is not None:
         probabilities_out[:] = probs[0].cpu().numpy().astype(probabilities_out.dtype, copy=False)
-    return probs[0].argmax(0).cpu().numpy().astype(label_dtype(probs.shape[1]), copy=False)
+    return class_labels(probs[0], 0).cpu().numpy().astype(label_dtype(probs.shape[1]), copy=False)
 
 
 def _ensure_rows(p: _Pass, base: int, rows: int, classes: int, width: int, capacity: int,
@@ -193,7 +193,7 @@ def _emit(passes: list[_Pass], base: int, finished: int, row_count: Tensor, col_
                 averaged = probs if averaged is None else averaged + probs
             if len(passes) > 1:
                 averaged = averaged / len(passes)
-            labels[base:last, c0:c1] = averaged.argmax(0).cpu().numpy().astype(labels.dtype, copy=False)
+            labels[base:last, c0:c1] = class_labels(averaged, 0).cpu().numpy().astype(labels.dtype, copy=False)
             if probabilities_out is not None:
                 probabilities_out[:, base:last, c0:c1] = averaged.cpu().numpy().astype(
                     probabilities_out.dtype, copy=False)

@@ -20,6 +20,14 @@ PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 ForwardFn = Callable[[Tensor], Any]  # normalised N×3×H×W float → N×C×h×w logits (tensor or array)
 
 
+def class_labels(scores: Tensor, dim: int = 1) -> Tensor:
+    """The index of the largest score along the class dimension ``dim`` (the first on ties, like argmax).
+
+    ``max(dim).indices`` rather than ``argmax(dim)``: over the channels of an N×C×H×W tensor torch's argmax
+    took 14 ms on a 360×480 CamVid frame against 3 ms for max — on the fast paths, more than the network."""
+    return scores.max(dim=dim).indices
+
+
 def logits_of(forward: ForwardFn, x: Tensor, amp: bool) -> Tensor:
     """One forward pass → float32 N×C×H×W logits at ``x``'s size, whatever the callable returns."""
     if amp and x.device.type == "cuda":
