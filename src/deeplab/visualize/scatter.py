@@ -77,8 +77,9 @@ def plot_tradeoff(points: Sequence[TradeoffPoint], path: str | os.PathLike, *, t
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour[p.series], outline=AXIS if p.on_front else None)
     for i, p in enumerate(front):  # labels alternately below and above their dot, so neighbours do not collide
         x, y = at(p.ms, p.score)
-        _draw_text(draw, (x + 8, y + 6) if i % 2 == 0 else (x + 8, y - 6), p.label, label_font, TEXT,
-                   "la" if i % 2 == 0 else "ld")
+        side = "r" if x > left + 0.7 * (right - left) else "l"  # near the legend: written to the left
+        _draw_text(draw, (x + (8 if side == "l" else -8), y + 6 if i % 2 == 0 else y - 6), p.label, label_font,
+                   TEXT, side + ("a" if i % 2 == 0 else "d"))
     for i, name in enumerate(series):  # legend
         y = top + 8 + i * 20
         draw.ellipse([right + 16, y - 5, right + 26, y + 5], fill=colour[name])
