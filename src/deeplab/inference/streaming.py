@@ -122,10 +122,12 @@ def _whole(forward: ForwardFn, image: np.ndarray, normalization: Normalization, 
            device: torch.device, channels_last: bool, probabilities_out: np.ndarray | None) -> np.ndarray:
     x = normalization.to_tensor(image, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    probs = torch.softmax(logits_of(forward, x.contiguous(memory_format=memory_format), amp), dim=1)
-    if flip:
-        mirrored = x.flip(-1).contiguous(memory_format=memory_format)
-        probs = (probs + torch.softmax(logits_of(forward, mirrored, amp), dim=1).flip(-1)) / 2
+    if flip:  # the image and its mirror as one batch, as test-time augmentation runs them
+        pair = torch.cat([x, x.flip(-1)]).contiguous(memory_format=memory_format)
+        both = torch.softmax(logits_of(forward, pair, amp), dim=1)
+        probs = (both[:1] + both[1:].flip(-1)) / 2
+    else:
+        probs = torch.softmax(logits_of(forward, x.contiguous(memory_format=memory_format), amp), dim=1)
     if probabilities_out is not None:
         probabilities_out[:] = probs[0].cpu().numpy().astype(probabilities_out.dtype, copy=False)
     return class_labels(probs[0], 0).cpu().numpy().astype(label_dtype(probs.shape[1]), copy=False)

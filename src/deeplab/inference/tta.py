@@ -120,7 +120,7 @@ def predict_probabilities(model: nn.Module | ForwardFn, batch: Tensor, *, scales
     probabilities mirrored back. The result is the plain mean of the ``len(scales) × (1 + flip)`` passes,
     so ``scales=(1.0,)`` without flip is exactly ``softmax(model(batch))``.
 
-    No work is repeated: with ``flip`` (and no tiling) an image and its mirror run as one batch, and the two
+    No work is repeated: with ``flip`` (on a scaled image run whole) an image and its mirror run as one batch, and the two
     are summed at the scaled size so each scale is resized back once — resizing is linear and commutes with
     the mirror, so this equals resizing every pass to float rounding.
 
@@ -162,7 +162,8 @@ def _tta(forward: ForwardFn, batch: Tensor, scales: tuple[float, ...], flip: boo
         size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
         scaled = batch if size == (height, width) else F.interpolate(
             batch, size=size, mode="bilinear", align_corners=align_corners)
-        if flip and tile is None:  # the image and its mirror as one batch: one forward pass per scale
+        whole = tile is None or max(size) <= tile  # run whole, not by windows
+        if flip and whole:  # the image and its mirror as one batch: one forward pass per scale
             pair = run(torch.cat([scaled, scaled.flip(-1)]))
             probs = pair[:n] + pair[n:].flip(-1)
         else:
