@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.normalization import Normalization
-from .tta import ForwardFn, class_labels, logits_of, window_starts
+from .tta import ForwardFn, class_labels, logits_of, predict_probabilities, window_starts
 
 
 EMIT_COLUMNS = 1024  # finished rows are averaged this many columns at a time: temporaries stay small
@@ -122,12 +122,7 @@ def _whole(forward: ForwardFn, image: np.ndarray, normalization: Normalization, 
            device: torch.device, channels_last: bool, probabilities_out: np.ndarray | None) -> np.ndarray:
     x = normalization.to_tensor(image, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if flip:  # the image and its mirror as one batch, as test-time augmentation runs them
-        pair = torch.cat([x, x.flip(-1)]).contiguous(memory_format=memory_format)
-        both = torch.softmax(logits_of(forward, pair, amp), dim=1)
-        probs = (both[:1] + both[1:].flip(-1)) / 2
-    else:
-        probs = torch.softmax(logits_of(forward, x.contiguous(memory_format=memory_format), amp), dim=1)
+    probs = predict_probabilities(lambda t: forward(t.contiguous(memory_format=memory_format)), x, flip=flip, amp=amp)
     if probabilities_out is not None:
         probabilities_out[:] = probs[0].cpu().numpy().astype(probabilities_out.dtype, copy=False)
     return class_labels(probs[0], 0).cpu().numpy().astype(label_dtype(probs.shape[1]), copy=False)
