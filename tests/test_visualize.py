@@ -102,6 +102,18 @@ def test_shared_panel_draws_both_series_and_smoothing(tmp_path: Path) -> None:
     assert _near(pixels, COLOURS[3], 20).sum() > 50  # "val loss" is the 4th series
 
 
+def test_legend_corner_prefers_top_right_when_it_is_free() -> None:
+    from deeplab.visualize.curves import _Axes, legend_corner
+
+    axes = _Axes(left=0, right=400, top=0, bottom=300, x0=0, x1=1, y0=0, y1=1)
+    falling = [np.array([[0.0, 0.9], [1.0, 0.1]])]  # top left to bottom right
+    assert legend_corner(falling, axes, 100, 50) == (292, 8)  # top right: 400 - 8 - 100
+    rising = [np.array([[0.0, 0.1], [1.0, 0.9]])]  # bottom left to top right
+    assert legend_corner(rising, axes, 100, 50) == (8, 8)  # top left
+    high = [np.array([[0.0, 0.95], [1.0, 0.95]])]  # along the top
+    assert legend_corner(high, axes, 100, 50) == (292, 242)  # bottom right
+
+
 @pytest.mark.parametrize("series", [
     {},
     {"empty": []},

@@ -132,7 +132,7 @@ def _layout_panel(names: list[str], data: Mapping[str, np.ndarray], colour_of, x
         return
     _draw_series(names, arrays, colour_of, smooth, axes, gdraw)
     if len(names) > 1:
-        _draw_legend(names, colour_of, axes, gdraw, texts, tick_font)
+        _draw_legend(names, colour_of, axes, arrays, gdraw, texts, tick_font)
 
 
 def _draw_axes(names: list[str], points: np.ndarray, x_label: str, box: tuple[int, int, int, int],
@@ -200,14 +200,50 @@ def _draw_series(names: list[str], arrays: list[np.ndarray], colour_of, smooth: 
                     gdraw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=WHITE, width=s)
 
 
-def _draw_legend(names: list[str], colour_of, axes: _Axes, gdraw: ImageDraw.ImageDraw, texts: list,
-                 tick_font) -> None:
-    """Top right, inside the plot."""
+def _line_pixels(arrays: list[np.ndarray], axes: _Axes) -> np.ndarray:
+    """Points along every drawn line, one per output pixel column between finite neighbours (N×2, pixels)."""
+    points = []
+    for array in arrays:
+        xs, ys = axes.px(array[:, 0]), axes.py(array[:, 1])
+        for (xa, ya), (xb, yb) in zip(zip(xs[:-1], ys[:-1]), zip(xs[1:], ys[1:])):
+            if not (math.isfinite(ya) and math.isfinite(yb)):
+                continue
+            steps = max(2, int(abs(xb - xa) + abs(yb - ya)) + 1)
+            t = np.linspace(0.0, 1.0, steps)
+            points.append(np.stack([xa + t * (xb - xa), ya + t * (yb - ya)], axis=1))
+        finite = np.isfinite(ys)
+        points.append(np.stack([xs[finite], ys[finite]], axis=1))  # lone points (markers) too
+    return np.concatenate(points) if points else np.zeros((0, 2))
+
+
+def legend_corner(arrays: list[np.ndarray], axes: _Axes, width: float, height: float,
+                  margin: float = 8) -> tuple[float, float]:
+    """The top-left pixel of a ``width``×``height`` legend in the plot corner that hides the fewest line
+    pixels — top right, then top left, bottom right, bottom left on ties: curves that end high (mIoU,
+    accuracy) would run under a fixed top-right box."""
+    line = _line_pixels(arrays, axes)
+    corners = [(axes.right - margin - width, axes.top + margin), (axes.left + margin, axes.top + margin),
+               (axes.right - margin - width, axes.bottom - margin - height),
+               (axes.left + margin, axes.bottom - margin - height)]
+
+    def hidden(corner: tuple[float, float]) -> int:
+        x0, y0 = corner
+        inside = ((line[:, 0] >= x0 - 3) & (line[:, 0] <= x0 + width + 3)
+                  & (line[:, 1] >= y0 - 3) & (line[:, 1] <= y0 + height + 3))  # 3 px: the line's own width
+        return int(inside.sum())
+
+    return min(corners, key=hidden)  # min keeps the first of equals
+
+
+def _draw_legend(names: list[str], colour_of, axes: _Axes, arrays: list[np.ndarray], gdraw: ImageDraw.ImageDraw,
+                 texts: list, tick_font) -> None:
+    """Inside the plot, in the corner where it hides least of the lines (``legend_corner``)."""
     s = SUPERSAMPLE
     entry_h = _line_height(tick_font) + 6
     legend_w = max(_text_size(n, tick_font)[0] for n in names) + 34
-    lx1, ly0 = axes.right - 8, axes.top + 8
-    lx0, ly1 = lx1 - legend_w, ly0 + entry_h * len(names) + 6
+    legend_h = entry_h * len(names) + 6
+    lx0, ly0 = legend_corner(arrays, axes, legend_w, legend_h)
+    lx1, ly1 = lx0 + legend_w, ly0 + legend_h
     gdraw.rectangle([lx0 * s, ly0 * s, lx1 * s, ly1 * s], fill=WHITE, outline=GRID, width=s)
     for i, name in enumerate(names):
         cy = ly0 + 3 + entry_h * i + entry_h / 2
