@@ -201,7 +201,7 @@ def _draw_series(names: list[str], arrays: list[np.ndarray], colour_of, smooth: 
 
 
 def _line_pixels(arrays: list[np.ndarray], axes: _Axes) -> np.ndarray:
-    """Points along every drawn line, one per output pixel column between finite neighbours (N×2, pixels)."""
+    """Points along every drawn line, about one per output pixel between finite neighbours (N×2, pixels)."""
     points = []
     for array in arrays:
         xs, ys = axes.px(array[:, 0]), axes.py(array[:, 1])
