@@ -72,6 +72,7 @@ def _torch_runner(model: nn.Module, precision: str, compile: bool) -> Runner:
         import torch._inductor.config as inductor
 
         inductor.freezing = True  # weights become constants: folded and laid out once, at compile time
+        inductor.cpp_wrapper = True  # the graph called from C++, not Python: 1.2x on the CamVid decoder model
         forward = torch.compile(folded, dynamic=False)
 
     def run(x: Tensor) -> Tensor:
