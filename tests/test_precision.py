@@ -13,7 +13,7 @@ from conftest import make_config
 from deeplab.losses import SegmentationLoss
 from deeplab.models import deeplabv3
 from deeplab.training import runner
-from deeplab.training.engine import autocast_dtype, train_one_step
+from deeplab.training.engine import autocast_dtype, bf16_fallback, train_one_step
 from deeplab.training.optim import build_optimizer, build_scheduler
 
 
@@ -72,10 +72,25 @@ def test_fast_steps_follow_the_fp32_step(mini_camvid: Path, options: dict) -> No
 def test_precision_names_and_refusals(mini_camvid: Path, tmp_path: Path) -> None:
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
-    assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("auto", torch.device("cuda")) == torch.float16
+    assert autocast_dtype("bf16", cpu, fast_bf16=True) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.float16
+    assert autocast_dtype("bf16", torch.device("cuda"), fast_bf16=False) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         autocast_dtype("fp16", cpu)
     config = make_config(mini_camvid, tmp_path, "train.precision=half")
     with pytest.raises(ValueError, match="train.precision must be one of auto, fp32, bf16, fp16"):
         runner.run_training(config, resume=None, progress=False)
     assert not config.run_dir.exists()
+
+
+def test_bf16_trains_in_fp32_where_the_cpu_would_emulate_it(mini_camvid: Path, tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    """A config written for a bf16 CPU runs on one without bf16 instructions in fp32, and says so."""
+    cpu = torch.device("cpu")
+    assert autocast_dtype("bf16", cpu, fast_bf16=False) is None
+    assert bf16_fallback("bf16", cpu, fast_bf16=False).endswith("training in fp32")
+    assert bf16_fallback("bf16", cpu, fast_bf16=True) is None and bf16_fallback("fp32", cpu, fast_bf16=False) is None
+    monkeypatch.setattr("deeplab.training.engine.has_fast_bf16", lambda: False)
+    config = make_config(mini_camvid, tmp_path, "train.precision=bf16", "train.iterations=1")
+    runner.run_training(config, resume=None, progress=False)
+    assert "would emulate bf16" in capsys.readouterr().out

@@ -102,7 +102,7 @@ class TrainConfig:
     class_weights: str | tuple[float, ...] | None = None  # None | "median" | explicit weights
     class_weight_cap: float | None = None    # with "median": clip the weights to [1/cap, cap]
     aux_weight: float = 0.4
-    precision: str = "auto"                  # auto (fp16 AMP on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA)
+    precision: str = "auto"                  # auto (fp16 AMP on CUDA, fp32 on CPU) | fp32 | bf16 (fp32 on CPUs without AVX512-BF16/AMX) | fp16 (CUDA)
     channels_last: bool = False              # NHWC activations: faster convolutions on CPU and tensor cores
     activation_checkpointing: bool = False   # backbone blocks recomputed in backward: less memory, same gradients
     sync_bn: bool = True                     # under DDP on CUDA

@@ -32,7 +32,7 @@ from ..weights import load_backbone_weights
 from ..weights.card import ModelCard
 from ..weights.io import load_weights
 from ..weights.modelfile import ModelFile
-from .engine import autocast_dtype, unwrap
+from .engine import autocast_dtype, bf16_fallback, unwrap
 from .optim import build_optimizer, build_scheduler, freeze_batch_norm, set_bn_momentum
 from .sampler import AugmentedDataset, TrainSampler
 from .splits import Log, bootstrap_repeats, class_weights, training_splits
@@ -129,6 +129,8 @@ def build_run(config: Config, device: torch.device, info: DistInfo, log: Log, *,
     scheduler = build_scheduler(optimizer, max_iterations=train_cfg.iterations, power=train_cfg.poly_power,
                                 warmup=train_cfg.warmup_iterations)
     autocast = autocast_dtype(train_cfg.precision, device)
+    if fallback := bf16_fallback(train_cfg.precision, device):
+        log(fallback)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = SegmentationLoss(ignore_index=dataset_info.ignore_index, class_weights=weights,
