@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from deeplab.cli import main
+from deeplab.utils.machine import has_vnni
 
 pytest.importorskip("onnxruntime")
 EVALUATED = 40  # the first 40 of val_dev (sorted); calibration takes 8 of the last ones
@@ -41,8 +42,10 @@ def test_int8_costs_little_miou_on_real_labels(tflite_file: Path, shared_data: P
     assert (int8["backend"], int8["precision"]) == ("onnxruntime", "int8")
     assert fp32["images"] == int8["images"] == EVALUATED
     loss = 100 * (fp32["miou"] - int8["miou"])
-    assert -0.5 < loss <= 1.5, loss  # measured 1.09 here (1.21 on 92 images): int8 changes labels, a little
-    assert int8["pixel_accuracy"] > fp32["pixel_accuracy"] - 0.01
+    # measured 1.09 with VNNI (1.21 on 92 images); without it (7-bit weights, AVX2 EPYC) 4.60, and 17 before
+    # the 7-bit weights — the saturation this bound would catch
+    assert -0.5 < loss <= (1.5 if has_vnni() else 5.5), loss
+    assert int8["pixel_accuracy"] > fp32["pixel_accuracy"] - (0.01 if has_vnni() else 0.025)  # 1.4 points without
 
 
 def test_int8_refusals_name_what_is_missing(tflite_file: Path, photos: Path, tmp_path: Path,

@@ -41,6 +41,12 @@ def has_fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+def has_vnni() -> bool:
+    """int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without them ONNX Runtime's u8×s8
+    kernels add pairs of products in 16 bits, which saturate on full-range int8 weights."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
 def load_average() -> float:
     with contextlib.suppress(OSError, AttributeError):
         return os.getloadavg()[0]
