@@ -36,7 +36,7 @@ def test_flip_known_answer(model, images) -> None:
         plain = torch.softmax(model(x), dim=1)
         mirrored = torch.softmax(model(x.flip(-1)), dim=1).flip(-1)
     result = predict_probabilities(model, x, flip=True)
-    torch.testing.assert_close(result, (plain + mirrored) / 2, rtol=0, atol=1e-6)  # pair batched: rounding
+    torch.testing.assert_close(result, (plain + mirrored) / 2, rtol=0, atol=1e-5)  # pair batched: rounding (1.4e-6 on AVX2 kernels)
     assert (plain - mirrored).abs().max() > 1e-3  # the flipped pass really is a different prediction
 
 
@@ -49,7 +49,7 @@ def test_multi_scale_known_answer(mobilenet, images) -> None:
             probs = torch.softmax(mobilenet(small), dim=1)
             expected = expected + F.interpolate(probs, size=(60, 80), mode="bilinear", align_corners=False)
     result = predict_probabilities(mobilenet, x, scales=(1.0, 0.5, 1.25))
-    torch.testing.assert_close(result, expected / 3, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result, expected / 3, rtol=0, atol=1e-5)
 
 
 def test_paper_protocol_runs_every_pass_once(mobilenet, images) -> None:
