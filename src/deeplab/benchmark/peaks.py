@@ -2,7 +2,12 @@
 inference path is held to. fp32 and bf16 are the best of a 1×1 and a 3×3 convolution (oneDNN, channels-last,
 the kernels the models run on) — a BLAS matrix multiply can be far slower on some CPUs (measured 198 vs 470
 GFLOP/s on an AMD EPYC, whose BLAS path is not the tuned one), so it is reported beside them, not used as
-the peak. int8 is ``torch._int_mm`` (int8 × int8 → int32)."""
+the peak. int8 is ``torch._int_mm`` (int8 × int8 → int32).
+
+A reduced-precision rate below the fp32 one is no ceiling: without AVX512-BF16/AMX or VNNI those kernels are
+emulated or reference loops (measured: int8 GEMM at 1 GOP/s on an AVX2-only EPYC, while the int8 model reached 77
+times that rate through ONNX Runtime's own kernels), so a share of it read 7,717 %. :func:`ceilings`
+leaves such a precision without a peak."""
 
 from __future__ import annotations
 
@@ -48,3 +53,15 @@ def compute_rates() -> dict[str, float]:
         pass
     rates["fp32 matmul"] = _rate(lambda: a @ b, flops)
     return rates
+
+
+def ceilings(rates: dict[str, float]) -> dict[str, float]:
+    """The peaks a path's achieved rate is a share of: fp32 always, bf16 and int8 only where the CPU runs them
+    faster than fp32 (otherwise the measured kernel is an emulation, not what the fast paths run on)."""
+    fp32 = rates.get("fp32")
+    out = {"fp32": fp32} if fp32 else {}
+    for precision in ("bf16", "int8"):
+        rate = rates.get(precision)
+        if rate and fp32 and rate > fp32:
+            out[precision] = rate
+    return out

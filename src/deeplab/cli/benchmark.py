@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..benchmark.measure import Measured, agreement, count_flops, resident_mb, time_round_robin
-    from ..benchmark.peaks import compute_rates
+    from ..benchmark.peaks import ceilings, compute_rates
     from ..benchmark.report import rows, table, write_chart, write_json
     from ..export.quantize import calibration_for
     from ..export.runtimes import build_runner
@@ -160,8 +160,11 @@ def run(args: argparse.Namespace) -> int:
     stride = args.output_stride or model.output_stride
     print(f"{name}: {size[0]}x{size[1]}, batch {args.batch}, output stride {stride}, {flops / 1e9:.1f} GFLOP per "
           f"batch; agreement on {photo.name}")
+    usable = ceilings(peaks)
     print("compute rates here (peaks: best convolution): " + ", ".join(
-        f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peaks.items()))
+        f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"
+        + (" (below fp32: emulated, no peak)" if k in ("bf16", "int8") and k not in usable else "")
+        for k, v in peaks.items()))
     print(table(results))
     print(describe().split("; ")[-1] + " at the end")
     if args.json:

@@ -1,0 +1,42 @@
+"""The benchmark's share-of-peak arithmetic: known answers, and no ceiling from an emulated kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from deeplab.benchmark.measure import Measured
+from deeplab.benchmark.peaks import ceilings
+from deeplab.benchmark.report import rows, table
+
+GFLOP = 10 ** 9
+
+
+def _measured(name: str, precision: str, ms: float) -> Measured:
+    return Measured(name, precision, seconds=[ms / 1000] * 3, agreement=1.0, max_abs_diff=0.0, rss_mb=100.0)
+
+
+def test_ceilings_keep_reduced_precision_only_where_it_beats_fp32() -> None:
+    # AMX-class CPU: both reduced precisions above fp32 are ceilings.
+    assert ceilings({"fp32": 250.0, "bf16": 1600.0, "int8": 3000.0, "fp32 matmul": 200.0}) == {
+        "fp32": 250.0, "bf16": 1600.0, "int8": 3000.0}
+    # AVX2-only CPU (measured there: int8 GEMM 1 GOP/s, emulated bf16 below fp32): only fp32 is a ceiling.
+    assert ceilings({"fp32": 120.0, "bf16": 40.0, "int8": 1.0}) == {"fp32": 120.0}
+    assert ceilings({"fp32": 120.0}) == {"fp32": 120.0}
+    assert ceilings({}) == {}
+
+
+def test_rows_give_known_shares_of_peak_and_a_dash_without_one() -> None:
+    # 10 GFLOP per image; 100 ms → 100 GFLOP/s, 50 ms → 200, 20 ms → 500.
+    measured = [_measured("torch eager fp32", "fp32", 100.0), _measured("ort int8", "int8", 20.0),
+                _measured("ov bf16", "bf16", 50.0)]
+    peaks = {"fp32": 400.0, "bf16": 100.0, "int8": 2.0}
+    results = rows(measured, flops=10 * GFLOP, batch=1, peaks=peaks)
+    assert [r["gflops"] for r in results] == pytest.approx([100.0, 500.0, 200.0])
+    assert results[0]["of_peak"] == pytest.approx(0.25)
+    assert results[1]["of_peak"] is None and results[2]["of_peak"] is None
+    assert [r["vs_baseline"] for r in results] == pytest.approx([1.0, 5.0, 2.0])
+    lines = table(results).splitlines()
+    assert " 25 % " in lines[2] and "—" in lines[3] and "%" not in lines[3]
+
+    results = rows(measured, flops=10 * GFLOP, batch=1, peaks={"fp32": 400.0, "bf16": 800.0, "int8": 1000.0})
+    assert [r["of_peak"] for r in results] == pytest.approx([0.25, 0.5, 0.25])
