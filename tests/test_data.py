@@ -21,7 +21,7 @@ from deeplab.data.datasets import (CAMVID_CLASSES, VOC_CLASSES, camvid_dataset, 
                                    folder_dataset, voc_colormap, voc_dataset)
 from deeplab.data.io import read_image
 from deeplab.data.transforms import (Normalize, PhotometricJitter, RandomCrop, RandomHorizontalFlip,
-                                     RandomScale, ToTensor, Compose, train_transforms)
+                                     RandomRotate, RandomScale, ToTensor, Compose, rotate_pair, train_transforms)
 
 IGNORE = 255
 # SegNet's published median-frequency weights for CamVid train, classes 0..10 (../shared/data/README.md)
@@ -191,6 +191,50 @@ def test_flip_moves_image_and_label_together(shared_data: Path) -> None:
         assert label[y, width - 1 - x] == sample.label[y, x]
     kept = RandomHorizontalFlip(p=0.0)(sample.image, sample.label)
     assert (kept[0] == sample.image).all()
+
+
+def test_rotation_known_answers_on_a_real_frame(shared_data: Path) -> None:
+    sample = camvid_dataset(shared_data / "camvid", "val").read(0)
+    image, label = sample.image[:300, 60:360].copy(), sample.label[:300, 60:360].copy()  # square: 90° is exact
+    quarter, quarter_label = rotate_pair(image, label, 90.0)
+    assert np.array_equal(quarter, np.rot90(image)) and np.array_equal(quarter_label, np.rot90(label))
+    same, same_label = rotate_pair(image, label, 0.0)
+    assert np.array_equal(same, image) and np.array_equal(same_label, label)
+
+    fill = (124, 116, 104)
+    tilted, tilted_label = rotate_pair(sample.image, sample.label, 30.0, fill, IGNORE)
+    assert tilted.shape == sample.image.shape and tilted_label.shape == sample.label.shape
+    assert tilted_label.dtype == sample.label.dtype
+    assert tilted_label[0, 0] == IGNORE and tuple(tilted[0, 0]) == fill  # an uncovered corner
+    assert tilted_label[180, 240] == sample.label[180, 240]  # the centre stays put
+    kept = tilted_label != IGNORE
+    assert set(np.unique(tilted_label[kept])) <= set(np.unique(sample.label))  # nearest: no invented classes
+    assert 0.7 < kept.mean() < 0.95  # a 30° turn of a 4:3 frame uncovers its corners, not more
+    # a point at (dy, dx) from the centre lands, turned 30° anticlockwise, on the same class (a grid of them;
+    # a few may fall on a class boundary), and the turn the other way does not map them so
+    a = np.deg2rad(30.0)
+    grid = [(dy, dx) for dy in range(-100, 101, 20) for dx in range(-150, 151, 25)]
+
+    def agreement(sign: float) -> float:
+        hits = [tilted_label[180 + round(-dx * np.sin(sign * a) + dy * np.cos(a)),
+                             240 + round(dx * np.cos(a) + dy * np.sin(sign * a))] == sample.label[180 + dy, 240 + dx]
+                for dy, dx in grid]
+        return float(np.mean(hits))
+
+    assert agreement(1.0) > 0.95 and agreement(-1.0) < 0.9
+    generator = torch.Generator().manual_seed(3)
+    rotate = RandomRotate(10.0, fill, IGNORE, generator=generator)
+    a1, l1 = rotate(sample.image, sample.label)
+    generator.manual_seed(3)
+    a2, l2 = rotate(sample.image, sample.label)
+    assert np.array_equal(a1, a2) and np.array_equal(l1, l2) and not np.array_equal(l1, sample.label)
+    with pytest.raises(ValueError, match="rotation range"):
+        RandomRotate(0.0)
+    with pytest.raises(TypeError, match="uint8"):
+        rotate(sample.image.astype(np.float32), sample.label)
+    with_rotation = train_transforms(crop_size=(96, 128), ignore_index=IGNORE, rotate_degrees=10.0)
+    assert "RandomRotate(10.0, fill=(124, 116, 104)" in repr(with_rotation)  # ImageNet's mean pixel
+    assert "RandomRotate" not in repr(train_transforms(crop_size=(96, 128), ignore_index=IGNORE))
 
 
 def test_train_transforms_are_deterministic_per_seed(shared_data: Path) -> None:

@@ -73,6 +73,7 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
     jitter: bool = False
+    rotate_degrees: float = 0.0              # > 0: random rotation by up to this many degrees either way
     mean: tuple[float, float, float] = IMAGENET.mean
     std: tuple[float, float, float] = IMAGENET.std
     workers: int = 2

@@ -1,7 +1,7 @@
 """Joint image/label transforms on numpy arrays: image H×W×3 (uint8, float32 after ``Normalize``), label H×W int64.
 
-Training (the paper's recipe): photometric jitter (optional) → random scale in [0.5, 2.0] → random left-right
-flip → normalise → random crop → tensors. Evaluation: normalise → tensors, at full resolution.
+Training (the paper's recipe): photometric jitter (optional) → random scale in [0.5, 2.0] → random rotation
+(optional) → random left-right flip → normalise → random crop → tensors. Evaluation: normalise → tensors, at full resolution.
 
 - Masks are only ever resampled nearest-neighbour: a label value never appears that was not in the input
   (a bilinear resize would invent classes along every boundary).
@@ -45,6 +45,20 @@ def resize_nearest(label: np.ndarray, height: int, width: int) -> np.ndarray:
     return label[rows[:, None], cols[None, :]]
 
 
+def rotate_pair(image: np.ndarray, label: Label, angle: float, fill: tuple[int, int, int] = (0, 0, 0),
+                ignore_index: int = 255) -> Pair:
+    """Rotate a uint8 image (bilinear) and its label (nearest) ``angle`` degrees anticlockwise about the centre.
+
+    The frame keeps its size; uncovered corners get ``fill`` in the image and ``ignore_index`` in the label.
+    """
+    image = np.asarray(Image.fromarray(image).rotate(angle, Image.Resampling.BILINEAR, fillcolor=tuple(fill)))
+    if label is not None:
+        rotated = Image.fromarray(label.astype(np.int32)).rotate(angle, Image.Resampling.NEAREST,
+                                                                  fillcolor=ignore_index)
+        label = np.asarray(rotated).astype(label.dtype)
+    return image, label
+
+
 class Compose:
     def __init__(self, transforms: list[Callable]) -> None:
         self.transforms = list(transforms)
@@ -77,6 +91,30 @@ class RandomScale:
 
     def __repr__(self) -> str:
         return f"RandomScale({self.low}, {self.high})"
+
+
+class RandomRotate:
+    """Rotate about the centre by an angle drawn uniformly from [-degrees, degrees], keeping the frame's size.
+
+    The image is resampled bilinearly, the label nearest-neighbour by the same affine map; the corners the
+    rotation uncovers get ``fill`` (the mean pixel, so they normalise to 0 like the crop's padding) in the
+    image and ``ignore_index`` in the label, so they never count in the loss.
+    """
+
+    def __init__(self, degrees: float, fill: tuple[int, int, int] = (0, 0, 0), ignore_index: int = 255,
+                 generator: torch.Generator | None = None) -> None:
+        if not 0 < degrees <= 180:
+            raise ValueError(f"rotation range must be in (0, 180] degrees, got {degrees}")
+        self.degrees, self.fill, self.ignore_index, self.generator = degrees, tuple(fill), ignore_index, generator
+
+    def __call__(self, image: np.ndarray, label: Label) -> Pair:
+        if image.dtype != np.uint8:
+            raise TypeError("RandomRotate expects a uint8 image (put it before Normalize)")
+        angle = _uniform(-self.degrees, self.degrees, self.generator)
+        return rotate_pair(image, label, angle, self.fill, self.ignore_index)
+
+    def __repr__(self) -> str:
+        return f"RandomRotate({self.degrees}, fill={self.fill}, ignore_index={self.ignore_index})"
 
 
 class RandomHorizontalFlip:
@@ -173,10 +211,18 @@ class ToTensor:
 
 def train_transforms(crop_size: int | tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0),
                      normalization: Normalization = IMAGENET, ignore_index: int = 255, jitter: bool = False,
-                     generator: torch.Generator | None = None, flip: bool = True) -> Compose:
-    """The paper's augmentation: [jitter] → random scale → [flip] → normalise → random crop → tensors."""
+                     generator: torch.Generator | None = None, flip: bool = True,
+                     rotate_degrees: float = 0.0) -> Compose:
+    """The paper's augmentation: [jitter] → random scale → [rotation] → [flip] → normalise → random crop → tensors.
+
+    ``rotate_degrees`` > 0 adds a rotation by up to that many degrees either way (not in the paper: an
+    extra geometry augmentation for small datasets).
+    """
     steps: list[Callable] = [PhotometricJitter(generator=generator)] if jitter else []
     steps.append(RandomScale(*scale_range, generator=generator))
+    if rotate_degrees:
+        mean_pixel = tuple(int(np.clip(round(m * normalization.scale), 0, UINT8_MAX)) for m in normalization.mean)
+        steps.append(RandomRotate(rotate_degrees, mean_pixel, ignore_index, generator=generator))
     if flip:
         steps.append(RandomHorizontalFlip(generator=generator))
     steps += [Normalize(normalization), RandomCrop(crop_size, ignore_index, fill=0.0, generator=generator),

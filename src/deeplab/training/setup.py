@@ -203,7 +203,8 @@ def make_loader(run: TrainingRun) -> DataLoader:
     config, train_cfg = run.config, run.config.train
     generator = torch.Generator()
     transform = train_transforms(tuple(config.data.crop_size), tuple(config.data.scale_range), run.card.normalization,
-                                 run.card.ignore_index, config.data.jitter, generator, flip=config.data.flip)
+                                 run.card.ignore_index, config.data.jitter, generator, flip=config.data.flip,
+                                 rotate_degrees=config.data.rotate_degrees)
     sampler = TrainSampler(len(run.train_set), train_cfg.batch_size, seed=train_cfg.seed, rank=run.info.rank,
                            world_size=run.info.world_size, start_iteration=run.start * train_cfg.grad_accumulation,
                            repeats=run.repeats)
