@@ -1,7 +1,8 @@
 """Joint image/label transforms on numpy arrays: image H×W×3 (uint8, float32 after ``Normalize``), label H×W int64.
 
-Training (the paper's recipe): photometric jitter (optional) → random scale in [0.5, 2.0] → random rotation
-(optional) → random left-right flip → normalise → random crop → tensors. Evaluation: normalise → tensors, at full resolution.
+Training (the paper's recipe, plus two options): photometric jitter (optional) → random scale in [0.5, 2.0] →
+random rotation (optional) → random left-right flip → normalise → random crop → tensors. Evaluation:
+normalise → tensors, at full resolution.
 
 - Masks are only ever resampled nearest-neighbour: a label value never appears that was not in the input
   (a bilinear resize would invent classes along every boundary).
@@ -97,8 +98,8 @@ class RandomRotate:
     """Rotate about the centre by an angle drawn uniformly from [-degrees, degrees], keeping the frame's size.
 
     The image is resampled bilinearly, the label nearest-neighbour by the same affine map; the corners the
-    rotation uncovers get ``fill`` (the mean pixel, so they normalise to 0 like the crop's padding) in the
-    image and ``ignore_index`` in the label, so they never count in the loss.
+    rotation uncovers get ``fill`` in the image (the mean pixel rounded to uint8, so they normalise to about 0,
+    like the crop's padding) and ``ignore_index`` in the label, so they never count in the loss.
     """
 
     def __init__(self, degrees: float, fill: tuple[int, int, int] = (0, 0, 0), ignore_index: int = 255,
