@@ -114,11 +114,11 @@ def ensure_writable_dir(folder: str | os.PathLike, *, keep: bool = True) -> Path
     nothing behind; it creates its folder when its work starts)."""
     folder = Path(folder)
     created = [p for p in [folder, *folder.parents] if not p.exists()]
-    probe = folder / ".deeplab-write-test"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a probe name of this process's own: ranks probing one folder at once must not delete each other's
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deeplab-write-test-"):
+            pass
     except OSError as error:
         raise OSError(f"{folder}: output folder is not writable ({error.strerror or error})") from None
     finally:
