@@ -108,6 +108,7 @@ class TrainConfig:
     activation_checkpointing: bool = False   # backbone blocks recomputed in backward: less memory, same gradients
     sync_bn: bool = True                     # under DDP on CUDA
     grad_accumulation: int = 1
+    ema_decay: float | None = None           # validate and save an average of the weights (e.g. 0.999): training/ema.py
     eval_every: int = 1000
     eval_output_stride: int | None = None
     checkpoint_every: int = 1000

@@ -17,6 +17,7 @@ from ..visualize import plot_confusion_matrix, plot_curves
 from .metrics_csv import read_metrics_csv, write_metrics_csv
 
 PANELS = [["train loss"], ["lr"], ["val mIoU", "val pixel acc"]]
+LIVE_MIOU = "val mIoU (live weights)"  # with weight averaging "val mIoU" is the average's
 
 
 class Logbook:
@@ -36,11 +37,12 @@ class Logbook:
         if self.enabled:
             write_metrics_csv(self.series, self.csv)
 
-    def evaluation(self, step: int, matrix: ConfusionMatrix) -> None:
+    def evaluation(self, step: int, matrix: ConfusionMatrix, live_miou: float | None = None) -> None:
         if not self.enabled:
             return
         summary = matrix.summary(self.class_names)
-        self._add(step, {"val mIoU": summary["miou"], "val pixel acc": summary["pixel_accuracy"]})
+        self._add(step, {"val mIoU": summary["miou"], "val pixel acc": summary["pixel_accuracy"],
+                         **({} if live_miou is None else {LIVE_MIOU: live_miou})})
         write_metrics_csv(self.series, self.csv)
         record = {"step": step, **summary, "confusion_matrix": matrix.matrix.tolist()}  # rows: truth, cols: prediction
         atomic_write_bytes(self.run_dir / "eval.json", json.dumps(record, indent=2).encode())
@@ -48,7 +50,8 @@ class Logbook:
         self.plot()
 
     def plot(self) -> None:
-        plot_curves(self.series, self.run_dir / "curves.png", title=self.run_dir.name, panels=PANELS)
+        panels = [*PANELS[:-1], [*PANELS[-1], LIVE_MIOU]] if self.series.get(LIVE_MIOU) else PANELS
+        plot_curves(self.series, self.run_dir / "curves.png", title=self.run_dir.name, panels=panels)
 
     def finish(self, result: dict[str, Any]) -> None:
         if not self.enabled:

@@ -18,9 +18,12 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, save_config
 from ..inference.evaluation import evaluate
 from ..inference.predictor import Predictor
+from ..metrics import ConfusionMatrix
+from ..models.deeplab import DeepLab
 from ..utils.distributed import (DistInfo, barrier, broadcast_from_main, cleanup, init_distributed,
                                  mean_across_ranks, peer_failure)
 from ..utils.files import ensure_writable_dir
+from .ema import check_decay
 from .engine import Stopwatch, TrainingDiverged, autocast_dtype, train_one_step
 from .logbook import Logbook
 from .sampler import step_seed
@@ -77,6 +80,7 @@ def check_train_settings(config: Config) -> None:
     pooled = config.model.arch in ("deeplabv3", "deeplabv3plus") and config.model.image_pooling is not False
     if train_cfg.resume_changes not in ("refuse", "warn"):
         raise ValueError(f"train.resume_changes must be refuse or warn, got {train_cfg.resume_changes!r}")
+    check_decay(train_cfg.ema_decay)
     if not train_cfg.dist_timeout_s > 0:
         raise ValueError(f"train.dist_timeout_s must be a positive number of seconds, got {train_cfg.dist_timeout_s}")
     if pooled and not train_cfg.freeze_bn and train_cfg.batch_size < 2:
@@ -126,6 +130,8 @@ def steps(run: TrainingRun, batches, logbook: Logbook, stopwatch: Stopwatch, pro
         torch.manual_seed(step_seed(cfg.seed, iteration, info.rank))
         step = train_one_step(run.model, micro, run.loss_fn, run.optimizer, run.scheduler, run.scaler, run.device,
                               iteration=iteration, autocast=run.autocast, channels_last=cfg.channels_last, info=info)
+        if run.ema is not None:
+            run.ema.update(run.net)
         iteration += 1
         bar.update()
         meter.add(step.loss, step.images * info.world_size)
@@ -165,19 +171,27 @@ def finish(run: TrainingRun, iteration: int, stop_at: int, result: dict[str, Any
 
 
 def validate(run: TrainingRun, step: int, logbook: Logbook, stopwatch: Stopwatch, progress: bool) -> dict[str, Any]:
-    """The val-split evaluation (``deeplab eval``'s loop, at ``train.eval_output_stride``); keeps ``best.pt``."""
-    predictor = Predictor(run.net, normalization=run.card.normalization, device=run.device,
-                          output_stride=run.config.train.eval_output_stride, class_names=run.card.classes,
-                          channels_last=run.config.train.channels_last, return_probabilities=False)
-    matrix = evaluate(predictor, run.val_set, progress=progress, info=run.info).matrix
+    """The val-split evaluation (``deeplab eval``'s loop, at ``train.eval_output_stride``); keeps ``best.pt``.
+    With weight averaging the averaged weights are scored (and kept), and the live ones too, for the log."""
+    matrix = evaluate_weights(run, run.net if run.ema is None else run.ema.module, progress)
+    live = None if run.ema is None else evaluate_weights(run, run.net, progress).summary(run.card.classes)
     set_train_mode(run.model, run.config.train.freeze_bn)
     summary = matrix.summary(run.card.classes)
-    logbook.evaluation(step, matrix)
-    run.log(f"\nstep {step}: val mIoU {100 * summary['miou']:.2f} %, pixel acc {100 * summary['pixel_accuracy']:.2f} %")
+    logbook.evaluation(step, matrix, live_miou=None if live is None else live["miou"])
+    averaged = "" if live is None else f" (averaged weights; live weights {100 * live['miou']:.2f} %)"
+    run.log(f"\nstep {step}: val mIoU {100 * summary['miou']:.2f} %{averaged}, "
+            f"pixel acc {100 * summary['pixel_accuracy']:.2f} %")
     if summary["miou"] > run.best:
         run.best = summary["miou"]
         save_checkpoint(run, step, stopwatch, "best.pt")
     return summary
+
+
+def evaluate_weights(run: TrainingRun, model: DeepLab, progress: bool) -> ConfusionMatrix:
+    predictor = Predictor(model, normalization=run.card.normalization, device=run.device,
+                          output_stride=run.config.train.eval_output_stride, class_names=run.card.classes,
+                          channels_last=run.config.train.channels_last, return_probabilities=False)
+    return evaluate(predictor, run.val_set, progress=progress, info=run.info).matrix
 
 
 def save_checkpoint(run: TrainingRun, step: int, stopwatch: Stopwatch, tag: str | None = None) -> None:
@@ -193,8 +207,13 @@ def save_checkpoint(run: TrainingRun, step: int, stopwatch: Stopwatch, tag: str 
     training = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                 "scaler": run.scaler.state_dict() if run.scaler else {}, "iteration": step, "best_miou": run.best,
                 "elapsed": stopwatch.elapsed, "experiment": config_to_dict(run.config)}
+    model = run.net
+    if run.ema is not None:  # the file's model is the average (what eval, predict and export use)
+        training["ema"] = run.ema.state()
+        training["live_weights"] = {k: v.detach().cpu().contiguous() for k, v in run.net.state_dict().items()}
+        model = run.ema.module
     path = run.run_dir / (tag or f"checkpoint_{step:07d}.pt")
-    save_training_checkpoint(path, model=run.net, card=run.card, training=training)
+    save_training_checkpoint(path, model=model, card=run.card, training=training)
     if tag is None:
         prune_checkpoints(run.run_dir, run.config.train.keep_last)
 

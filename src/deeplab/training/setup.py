@@ -32,6 +32,7 @@ from ..weights import load_backbone_weights
 from ..weights.card import ModelCard
 from ..weights.io import load_weights
 from ..weights.modelfile import ModelFile
+from .ema import WeightAverage
 from .engine import autocast_dtype, bf16_fallback, unwrap
 from .optim import build_optimizer, build_scheduler, freeze_batch_norm, set_bn_momentum
 from .sampler import AugmentedDataset, TrainSampler
@@ -57,6 +58,7 @@ class TrainingRun:
     val_set: SegmentationDataset
     autocast: torch.dtype | None
     repeats: list[int] | None = None  # bootstrapping: how often each training image is in an epoch
+    ema: WeightAverage | None = None  # train.ema_decay: the averaged weights, validated and saved
     start: int = 0
     best: float = -math.inf
     spent: float = 0.0
@@ -133,11 +135,15 @@ def build_run(config: Config, device: torch.device, info: DistInfo, log: Log, *,
         log(fallback)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ema = None if train_cfg.ema_decay is None else WeightAverage(model, train_cfg.ema_decay)
+    if ema is not None:
+        log(f"weight averaging: decay {ema.decay} (ramped as (1 + n) / (10 + n) over the first steps); "
+            "validation and every checkpoint's model use the averaged weights")
     loss_fn = SegmentationLoss(ignore_index=dataset_info.ignore_index, class_weights=weights,
                                aux_weight=train_cfg.aux_weight).to(device)
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     return TrainingRun(config, device, info, log, model, card, optimizer, scheduler, scaler, loss_fn, train_set,
-                       val_set, autocast, repeats)
+                       val_set, autocast, repeats, ema)
 
 
 # Settings a resumed run may change: they alter when things are logged or saved, not what is trained.
@@ -152,8 +158,14 @@ def restore(run: TrainingRun, path: Path, checkpoint: ModelFile) -> None:
     checking it is this run's: the same model (one line naming the keys and shapes that differ otherwise) and
     the same experiment (the changed settings named, old and new)."""
     check_same_experiment(path, checkpoint.training.get("experiment", {}), run.config, run.log)
-    load_weights(run.model, checkpoint.state_dict, name=str(path))
     training = checkpoint.training
+    # With weight averaging the file's model is the average and the live weights ride in the training state.
+    load_weights(run.model, training.get("live_weights", checkpoint.state_dict), name=str(path))
+    if run.ema is not None:
+        if "ema" in training:
+            run.ema.restore(checkpoint.state_dict, training["ema"]["updates"])
+        else:  # a run without averaging resumed with it (train.resume_changes=warn): start it here
+            run.ema.restore(run.net.state_dict(), 0)
     run.optimizer.load_state_dict(training["optimizer"])
     run.scheduler.load_state_dict(training["scheduler"])
     if run.scaler is not None and training.get("scaler"):
