@@ -188,6 +188,7 @@ def validate(run: TrainingRun, step: int, logbook: Logbook, stopwatch: Stopwatch
 
 
 def evaluate_weights(run: TrainingRun, model: DeepLab, progress: bool) -> ConfusionMatrix:
+    """One model's confusion matrix on the validation set (the live net or the weight average), all ranks."""
     predictor = Predictor(model, normalization=run.card.normalization, device=run.device,
                           output_stride=run.config.train.eval_output_stride, class_names=run.card.classes,
                           channels_last=run.config.train.channels_last, return_probabilities=False)
