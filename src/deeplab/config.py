@@ -103,6 +103,8 @@ class TrainConfig:
     class_weights: str | tuple[float, ...] | None = None  # None | "median" | explicit weights
     class_weight_cap: float | None = None    # with "median": clip the weights to [1/cap, cap]
     aux_weight: float = 0.4
+    top_k_pixels: float = 1.0                # hard-pixel mining: only the hardest share of each batch's pixels
+    top_k_ramp_iterations: int = 0           # ... reached linearly from 1 over these steps (losses.py)
     precision: str = "auto"                  # auto (fp16 AMP on CUDA, fp32 on CPU) | fp32 | bf16 (fp32 on CPUs without AVX512-BF16/AMX) | fp16 (CUDA)
     channels_last: bool = False              # NHWC activations: faster convolutions on CPU and tensor cores
     activation_checkpointing: bool = False   # backbone blocks recomputed in backward: less memory, same gradients

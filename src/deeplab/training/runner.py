@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, save_config
 from ..inference.evaluation import evaluate
 from ..inference.predictor import Predictor
+from ..losses import check_top_k, mining_fraction
 from ..metrics import ConfusionMatrix
 from ..models.deeplab import DeepLab
 from ..utils.distributed import (DistInfo, barrier, broadcast_from_main, cleanup, init_distributed,
@@ -81,6 +82,7 @@ def check_train_settings(config: Config) -> None:
     if train_cfg.resume_changes not in ("refuse", "warn"):
         raise ValueError(f"train.resume_changes must be refuse or warn, got {train_cfg.resume_changes!r}")
     check_decay(train_cfg.ema_decay)
+    check_top_k(train_cfg.top_k_pixels, train_cfg.top_k_ramp_iterations)
     if not train_cfg.dist_timeout_s > 0:
         raise ValueError(f"train.dist_timeout_s must be a positive number of seconds, got {train_cfg.dist_timeout_s}")
     if pooled and not train_cfg.freeze_bn and train_cfg.batch_size < 2:
@@ -128,6 +130,7 @@ def steps(run: TrainingRun, batches, logbook: Logbook, stopwatch: Stopwatch, pro
         micro = [next(batches) for _ in range(cfg.grad_accumulation)]
         meter.waited(time.monotonic() - waited)
         torch.manual_seed(step_seed(cfg.seed, iteration, info.rank))
+        run.loss_fn.keep_fraction = mining_fraction(cfg.top_k_pixels, cfg.top_k_ramp_iterations, iteration)
         step = train_one_step(run.model, micro, run.loss_fn, run.optimizer, run.scheduler, run.scaler, run.device,
                               iteration=iteration, autocast=run.autocast, channels_last=cfg.channels_last, info=info)
         if run.ema is not None:
