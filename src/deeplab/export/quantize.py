@@ -10,9 +10,10 @@ state the mIoU it costs on real labels.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from torch import Tensor, nn
@@ -91,7 +92,7 @@ def float_nodes(path: Path) -> list[str]:
     return [n.name for n in nodes if n.op_type == "Resize"] + convs[-1:]
 
 
-def overflow_safe_overrides(path: Path, ranges) -> dict[str, list[dict]]:
+def overflow_safe_overrides(path: Path, ranges: Mapping[str, Any]) -> dict[str, list[dict]]:
     """ONNX Runtime quantization overrides that keep every dense convolution's pairs of u8×s8 products inside
     16 bits — what a CPU without VNNI needs: there ONNX Runtime's dense int8 kernel adds pairs of products in
     16 bits, which 8-bit codes saturate (255·127·2 > 32767: a 1×1 convolution of 255s by 127s returns half its
@@ -143,8 +144,11 @@ def write_int8_onnx(model: nn.Module, calibration: Sequence[Tensor], path: str |
         settings = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes(prepared),
                         calibration_cache_path=str(ranges))  # a second call reuses the first one's ranges
-        quantize_static(str(prepared), str(path), _Reader("input", calibration), **settings)
-        if not has_vnni():
+        first = Path(folder) / "int8.onnx"
+        quantize_static(str(prepared), str(first), _Reader("input", calibration), **settings)
+        if has_vnni():
+            shutil.copyfile(first, path)
+        else:
             overrides = overflow_safe_overrides(prepared, load_tensors_data(ranges))
             quantize_static(str(prepared), str(path), None, **settings,
                             extra_options={"TensorQuantOverrides": overrides})
