@@ -10,7 +10,6 @@ state the mIoU it costs on real labels.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -142,16 +141,17 @@ def write_int8_onnx(model: nn.Module, calibration: Sequence[Tensor], path: str |
         prepared, ranges = Path(folder) / "prepared.onnx", Path(folder) / "ranges.json"
         quant_pre_process(str(float_path), str(prepared))  # shapes inferred and graph cleaned for the quantizer
         settings = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes(prepared),
-                        calibration_cache_path=str(ranges))  # a second call reuses the first one's ranges
-        first = Path(folder) / "int8.onnx"
-        quantize_static(str(prepared), str(first), _Reader("input", calibration), **settings)
+                        weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes(prepared))
         if has_vnni():
-            shutil.copyfile(first, path)
-        else:
-            overrides = overflow_safe_overrides(prepared, load_tensors_data(ranges))
-            quantize_static(str(prepared), str(path), None, **settings,
-                            extra_options={"TensorQuantOverrides": overrides})
+            quantize_static(str(prepared), str(path), _Reader("input", calibration), **settings)
+            return Path(path)
+        # the overrides depend on the calibrated ranges: a first pass calibrates (its ranges cached), the second
+        # reuses them with the overrides
+        settings["calibration_cache_path"] = str(ranges)
+        quantize_static(str(prepared), str(Path(folder) / "ranges_pass.onnx"), _Reader("input", calibration),
+                        **settings)
+        overrides = overflow_safe_overrides(prepared, load_tensors_data(ranges))
+        quantize_static(str(prepared), str(path), None, **settings, extra_options={"TensorQuantOverrides": overrides})
     return Path(path)
 
 
