@@ -213,3 +213,105 @@ def test_auto_weighs_int8_when_calibration_is_given(tflite_file: Path, photos: P
     chosen = picked[0].split("→")[-1].strip()
     agreement = re.search(rf"{chosen} \d+ ms \(([\d.]+) % agree\)", picked[0])
     assert agreement and float(agreement.group(1)) >= 99.5  # whatever it chose kept the declared tolerance
+
+
+def _export_int8(tflite_file: Path, calibration: Path, output: Path, *extra: str) -> int:
+    return main(["export", "--weights", str(tflite_file), "--format", "onnx", "--output", str(output),
+                 "--precision", "int8", "--calibration", str(calibration), *extra])
+
+
+def _header(path: Path) -> dict:
+    import onnx
+
+    from deeplab.weights.card import HEADER_KEY
+
+    return json.loads(next(e.value for e in onnx.load(str(path)).metadata_props if e.key == HEADER_KEY))
+
+
+def test_export_int8_writes_a_file_that_labels_photos_like_the_in_process_int8_model(
+        tflite_file: Path, shared_data: Path, calibration: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`deeplab export --precision int8` with pre-processing (uint8 photo in, labels out): the same labels as the
+    int8 logits graph `--precision int8` runs in process, the rule and calibration in its header, checked
+    against fp32 eager on the calibration photos."""
+    import numpy as np
+    import torch
+
+    from deeplab.data.io import read_image
+    from deeplab.export.quantize import calibration_images, write_int8_onnx
+    from deeplab.inference.backends import OnnxRuntimeModel
+    from deeplab.inference.loading import load_any
+
+    output = tmp_path / "int8.onnx"
+    assert _export_int8(tflite_file, calibration, output, "--int8-rule", "overflow-safe",
+                        "--include-preprocessing") == 0
+    out = capsys.readouterr().out
+    differing = float(re.search(r"differ at ([0-9.]+)% of pixels — ok", out).group(1))
+    assert 0 < differing < 5, out  # int8 is not exact, and far from saturating
+    header = _header(output)
+    assert (header["precision"], header["int8_rule"], header["calibration_images"]) == ("int8", "overflow-safe", 8)
+    assert (header["input"], header["output"]) == ("uint8", "labels")
+
+    loaded = load_any(tflite_file)
+    images = calibration_images(calibration, loaded.card.normalization)
+    logits_file = write_int8_onnx(loaded.model, images, tmp_path / "logits.onnx", rule="overflow-safe")
+    photo = read_image(shared_data / "voc2012_val_dev" / "JPEGImages" / "2007_000187.jpg")
+    labels = OnnxRuntimeModel(output).run(np.ascontiguousarray(photo.transpose(2, 0, 1)[None]))
+    logits = OnnxRuntimeModel(logits_file)(loaded.card.normalization.to_tensor(photo))
+    assert labels.shape == (1, *photo.shape[:2])
+    agreement = (torch.from_numpy(labels) == logits.argmax(dim=1)).double().mean().item()
+    assert agreement > 0.999, agreement  # the same quantized network; only float rounding of the input differs
+
+
+def test_an_exported_int8_file_scores_what_in_process_int8_scores_and_warns_where_it_saturates(
+        tflite_file: Path, shared_data: Path, calibration: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file for this CPU's rule evaluates to exactly the mIoU of `--precision int8` in process (and says
+    int8); a `vnni` file warns on a CPU without VNNI, an `overflow-safe` one nowhere."""
+    import warnings
+
+    import deeplab.inference.backends as backends
+    from deeplab.export.quantize import resolve_int8_rule
+
+    assert _export_int8(tflite_file, calibration, tmp_path / "vnni.onnx", "--int8-rule", "vnni") == 0
+    assert _export_int8(tflite_file, calibration, tmp_path / "safe.onnx", "--int8-rule", "overflow-safe") == 0
+    assert _header(tmp_path / "vnni.onnx")["int8_rule"] == "vnni"
+    here = tmp_path / ("vnni.onnx" if resolve_int8_rule("auto") == "vnni" else "safe.onnx")
+    base = ["--dataset", "voc", "--root", str(shared_data / "voc2012_val_dev"), "--split", "val_dev.txt",
+            "--limit", "8", "--no-progress", "--json"]
+    assert main(["eval", "-w", str(here), *base, str(tmp_path / "file.json")]) == 0
+    assert main(["eval", "-w", str(tflite_file), *base, str(tmp_path / "live.json"), "--precision", "int8",
+                 "--calibration", str(calibration)]) == 0
+    file, live = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("file", "live"))
+    assert (file["backend"], file["precision"]) == ("onnxruntime", "int8")
+    assert file["miou"] == pytest.approx(live["miou"], abs=1e-9)
+    monkeypatch.setattr(backends, "has_vnni", lambda: False)
+    with pytest.warns(UserWarning, match=r"vnni\.onnx: quantized for CPUs with VNNI/AMX.*--int8-rule overflow-safe"):
+        backends.OnnxRuntimeModel(tmp_path / "vnni.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.OnnxRuntimeModel(tmp_path / "safe.onnx")
+        monkeypatch.setattr(backends, "has_vnni", lambda: True)
+        backends.OnnxRuntimeModel(tmp_path / "vnni.onnx")
+
+
+def test_export_int8_refusals_and_its_label_check(tflite_file: Path, calibration: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import deeplab.cli.export as export_cli
+
+    output = tmp_path / "int8.onnx"
+    base = ["export", "--weights", str(tflite_file), "--output", str(output), "--precision", "int8"]
+    assert main(base + ["--format", "onnx"]) == 2
+    assert "--precision int8 needs --calibration FOLDER" in capsys.readouterr().err
+    assert main(base + ["--format", "torchscript", "--calibration", str(calibration)]) == 2
+    err = capsys.readouterr().err
+    assert "--precision int8 writes ONNX" in err and err.count("\n") == 1
+    assert not output.exists()
+    output.write_bytes(b"mine")
+    assert main(base + ["--format", "onnx", "--calibration", str(calibration)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and output.read_bytes() == b"mine"
+    # the label check can fail: int8 never matches fp32 at every pixel
+    monkeypatch.setattr(export_cli, "INT8_LABELS_TOLERANCE", 0.0)
+    assert main(base + ["--format", "onnx", "--calibration", str(calibration), "--force"]) == 1
+    assert "FAILED (tolerance 0%)" in capsys.readouterr().out

@@ -134,8 +134,8 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     # int8 needs calibration images; auto also weighs int8 when they are given
     source = getattr(args, "calibration", None) if precision in ("int8", "auto") else None
     calibration = calibration_for(source, loaded.card.normalization, required=precision == "int8")
-    if loaded.kind == "onnx":
-        path = InferencePath("onnxruntime", "fp32")
+    if loaded.kind == "onnx":  # it runs as it was exported: fp32, or int8 (`deeplab export --precision int8`)
+        path = InferencePath("onnxruntime", loaded.backend.header.get("precision", "fp32"))
     elif "auto" in (backend, precision):
         if sample is None:
             raise ValueError("--backend/--precision auto need an image to time the candidates on")

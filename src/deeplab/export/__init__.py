@@ -4,7 +4,9 @@
   (labels / probabilities out) as one traceable module;
 - ``onnx.py``: ``export_onnx`` (TorchScript-based exporter, opset 17; ``exporter="dynamo"``, opset 18);
 - ``torchscript.py``: ``export_torchscript`` (a traced file), ``export_program`` (in-process ``torch.export``);
-- ``parity.py``: ``check_parity`` — the file against the eager model at sizes other than the trace size.
+- ``parity.py``: ``check_parity`` — the file against the eager model at sizes other than the trace size;
+  ``label_disagreement`` — an approximate (int8) file's labels against the eager model's on real images;
+- ``quantize.py``: ``write_int8_onnx`` — an int8 ONNX file calibrated on real images, for VNNI CPUs or every CPU.
 
 Exported files carry the model's ``ModelCard`` plus their input/output contract, so ``deeplab predict -w
 model.onnx`` runs them (``deeplab.inference.backends.OnnxRuntimeModel``). Files are written atomically.

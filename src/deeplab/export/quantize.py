@@ -9,22 +9,29 @@ state the mIoU it costs on real labels.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from ..data.io import IMAGE_SUFFIXES, read_image
 from ..data.normalization import Normalization
 from ..models.folding import fold_batchnorm
+from ..utils.files import atomic_write_bytes
 from ..utils.machine import has_vnni
 from ..utils.optional import require
+from ..weights.card import HEADER_KEY, ModelCard
+from .graph import SegmentationGraph, build_graph, card_for
 
 CALIBRATION_LIMIT = 16
 CALIBRATION_MAX_SIDE = 1024
+INT8_RULES = ("vnni", "overflow-safe")  # 8 bits everywhere (VNNI/AMX CPUs only) / one bit less where it overflows
 
 
 def calibration_images(source: str | os.PathLike, normalization: Normalization,
@@ -70,25 +77,37 @@ def check_int8_path(backend: str | None, *, onnx_file: bool) -> None:
 
 
 class _Reader:
-    """ONNX Runtime's calibration data reader over our tensors."""
+    """ONNX Runtime's calibration data reader: our normalised tensors, as the graph's input takes them."""
 
-    def __init__(self, name: str, images: Sequence[Tensor]) -> None:
-        self.name, self.images = name, iter(images)
+    def __init__(self, name: str, images: Sequence[Tensor], encode: Callable[[Tensor], Tensor]) -> None:
+        self.name, self.images, self.encode = name, iter(images), encode
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self.images, None)
-        return None if x is None else {self.name: x.detach().cpu().float().numpy()}
+        return None if x is None else {self.name: self.encode(x.detach().cpu().float()).numpy()}
+
+
+def graph_input(x: Tensor, graph: SegmentationGraph) -> Tensor:
+    """A normalised float N×3×H×W batch as ``graph`` takes it: itself, or (a graph with pre-processing) the
+    uint8 images it was normalised from, in the graph's layout — so one set of calibration tensors serves both."""
+    if not graph.preprocess:
+        return x
+    pixels = ((x * graph.std.cpu() + graph.mean.cpu()) * graph.scale).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous() if graph.layout == "NHWC" else pixels
 
 
 def float_nodes(path: Path) -> list[str]:
-    """The nodes kept in float: the classifier (the last convolution) and every resize. Their int8 versions
-    quantize the logits themselves — measured on the authors' model over 40 VOC images: −1.49 mIoU against
-    fp32 with them in int8, −1.09 without; they are a few percent of the FLOPs."""
+    """The nodes kept in float: everything before the first convolution (a graph's uint8 → normalised input)
+    and after the last (upsampling, argmax, softmax), the last convolution itself (the classifier) and every
+    resize. Their int8 versions quantize the logits themselves — measured on the authors' model over 40 VOC
+    images: −1.49 mIoU against fp32 with the classifier and resizes in int8, −1.09 without; they are a few
+    percent of the FLOPs."""
     import onnx
 
     nodes = onnx.load(str(path), load_external_data=False).graph.node
-    convs = [n.name for n in nodes if n.op_type == "Conv"]
-    return [n.name for n in nodes if n.op_type == "Resize"] + convs[-1:]
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    return [n.name for i, n in enumerate(nodes)
+            if n.op_type == "Resize" or i < convs[0] or i >= convs[-1]]
 
 
 def overflow_safe_overrides(path: Path, ranges: Mapping[str, Any]) -> dict[str, list[dict]]:
@@ -122,13 +141,28 @@ def overflow_safe_overrides(path: Path, ranges: Mapping[str, Any]) -> dict[str, 
     return overrides
 
 
-def write_int8_onnx(model: nn.Module, calibration: Sequence[Tensor], path: str | os.PathLike) -> Path:
-    """``model`` (eval mode, at its current output stride) batch-norm folded, exported and statically quantized
-    (QDQ) into the ONNX file ``path``, its activation ranges calibrated on ``calibration``. On a CPU without
-    VNNI each dense convolution gives up one bit of its weights or its input (``overflow_safe_overrides``)."""
+def resolve_int8_rule(rule: str) -> str:
+    """``auto``: ``vnni`` on a CPU with int8 dot-product instructions, ``overflow-safe`` on one without."""
+    if rule not in ("auto", *INT8_RULES):
+        raise ValueError(f"int8 rule must be auto or one of {', '.join(INT8_RULES)}, got {rule!r}")
+    return ("vnni" if has_vnni() else "overflow-safe") if rule == "auto" else rule
+
+
+def write_int8_onnx(model: nn.Module, calibration: Sequence[Tensor], path: str | os.PathLike, *,
+                    card: ModelCard | None = None, include_preprocessing: bool = False, output: str | None = None,
+                    layout: str = "NCHW", rule: str = "auto") -> Path:
+    """``model`` (eval mode, at its current output stride) batch-norm folded, exported (with the pre- and
+    post-processing ``export_onnx`` takes) and statically quantized (QDQ) into the ONNX file ``path``, its
+    activation ranges calibrated on ``calibration``, the card in its header with ``precision: int8`` and the
+    rule used. ``rule``: ``vnni`` keeps 8-bit weights and inputs everywhere — for CPUs with VNNI/AMX, as it
+    saturates without; ``overflow-safe`` gives each dense convolution's weights or input one bit
+    (``overflow_safe_overrides``) and runs right on every CPU; ``auto`` picks the one for this CPU. Written
+    atomically: an existing file is replaced only by a complete one."""
     if not calibration:
         raise ValueError("--precision int8 needs calibration images: --calibration FOLDER (8–16 typical images)")
+    rule = resolve_int8_rule(rule)
     require("onnxruntime", "export")
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -136,23 +170,36 @@ def write_int8_onnx(model: nn.Module, calibration: Sequence[Tensor], path: str |
     from .onnx import export_onnx
 
     folded, _ = fold_batchnorm(model)
+    card = card_for(model, card)
+    graph = build_graph(folded, card, include_preprocessing=include_preprocessing, output=output, layout=layout)
+    encode = functools.partial(graph_input, graph=graph)
+    input_name = "image" if include_preprocessing else "input"
     with tempfile.TemporaryDirectory() as folder:
-        float_path = export_onnx(folded, Path(folder) / "float.onnx")
+        float_path = export_onnx(folded, Path(folder) / "float.onnx", card=card, output=graph.output,
+                                 include_preprocessing=include_preprocessing, layout=layout)
         prepared, ranges = Path(folder) / "prepared.onnx", Path(folder) / "ranges.json"
+        quantized = Path(folder) / "int8.onnx"
         quant_pre_process(str(float_path), str(prepared))  # shapes inferred and graph cleaned for the quantizer
         settings = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes(prepared))
-        if has_vnni():
-            quantize_static(str(prepared), str(path), _Reader("input", calibration), **settings)
-            return Path(path)
-        # the overrides depend on the calibrated ranges: a first pass calibrates (its ranges cached), the second
-        # reuses them with the overrides
-        settings["calibration_cache_path"] = str(ranges)
-        quantize_static(str(prepared), str(Path(folder) / "ranges_pass.onnx"), _Reader("input", calibration),
-                        **settings)
-        overrides = overflow_safe_overrides(prepared, load_tensors_data(ranges))
-        quantize_static(str(prepared), str(path), None, **settings, extra_options={"TensorQuantOverrides": overrides})
-    return Path(path)
+        if rule == "vnni":
+            quantize_static(str(prepared), str(quantized), _Reader(input_name, calibration, encode), **settings)
+        else:
+            # the overrides depend on the calibrated ranges: a first pass calibrates (its ranges cached), the
+            # second reuses them with the overrides
+            settings["calibration_cache_path"] = str(ranges)
+            quantize_static(str(prepared), str(Path(folder) / "ranges_pass.onnx"),
+                            _Reader(input_name, calibration, encode), **settings)
+            overrides = overflow_safe_overrides(prepared, load_tensors_data(ranges))
+            quantize_static(str(prepared), str(quantized), None, **settings,
+                            extra_options={"TensorQuantOverrides": overrides})
+        header = json.loads(next(e.value for e in onnx.load(str(float_path)).metadata_props if e.key == HEADER_KEY))
+        proto = onnx.load(str(quantized))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = HEADER_KEY, json.dumps({**header, "precision": "int8", "int8_rule": rule,
+                                                     "calibration_images": len(calibration)})
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 def quantize_int8(model: nn.Module, calibration: Sequence[Tensor], threads: int | None = None):
@@ -164,5 +211,5 @@ def quantize_int8(model: nn.Module, calibration: Sequence[Tensor], threads: int 
         return OnnxRuntimeModel(quantized, threads=threads)  # the session holds the graph; the file can go
 
 
-__all__ = ["CALIBRATION_LIMIT", "calibration_for", "calibration_images", "overflow_safe_overrides",
-           "quantize_int8", "write_int8_onnx"]
+__all__ = ["CALIBRATION_LIMIT", "INT8_RULES", "calibration_for", "calibration_images", "graph_input",
+           "overflow_safe_overrides", "quantize_int8", "resolve_int8_rule", "write_int8_onnx"]

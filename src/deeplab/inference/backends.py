@@ -11,12 +11,13 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils.machine import has_vnni
 from ..utils.optional import require
 from ..weights.card import HEADER_KEY, ModelCard
 
@@ -25,6 +26,14 @@ TORCHSCRIPT_EXTRA_FILE = f"{HEADER_KEY}.json"
 
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def warn_if_saturating(header: Mapping[str, Any], source: str) -> None:
+    """A file quantized with the ``vnni`` rule, run on a CPU without VNNI, saturates in its dense convolutions
+    (the authors' model: 54.5 % instead of 71.9 % mIoU on VOC photos): say so once, with the fix."""
+    if header.get("int8_rule") == "vnni" and not has_vnni():
+        warnings.warn(f"{source}: quantized for CPUs with VNNI/AMX; this CPU has none, so its int8 convolutions "
+                      "saturate and labels degrade — re-export it with --int8-rule overflow-safe", stacklevel=2)
 
 
 class OnnxRuntimeModel:
@@ -50,6 +59,7 @@ class OnnxRuntimeModel:
             raise ValueError(f"{self.path}: not a loadable ONNX model ({_first_line(error)})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(HEADER_KEY)
         self.header: dict[str, Any] = json.loads(raw) if raw else {}
+        warn_if_saturating(self.header, str(self.path))
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
         self.output_name = self.session.get_outputs()[0].name
