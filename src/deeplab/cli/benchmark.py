@@ -45,9 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
                         help="the path to time (default torch); with --pareto: only it beside torch fp32")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
-                        help="fp32 (default), bf16, int8 (ONNX Runtime, calibrated on --calibration)")
+                        help="fp32 (default), bf16, int8 (ONNX Runtime or OpenVINO, calibrated on --calibration)")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
-                        help="images to calibrate int8 on; with --compare, adds the onnxruntime int8 path")
+                        help="images to calibrate int8 on; with --compare, adds the onnxruntime and openvino int8 paths")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (inductor) paths; slow to build")
     parser.add_argument("--compare", action="store_true", help="every path this machine offers")
     parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (default 10; 3 with --pareto)")
@@ -78,13 +78,13 @@ def _paths(args: argparse.Namespace):
 
     if not args.compare:
         precision = args.precision or "fp32"
-        backend = "onnxruntime" if precision == "int8" else args.backend or "torch"
+        backend = args.backend or ("onnxruntime" if precision == "int8" else "torch")
         wanted = [InferencePath(backend, precision)]
         return wanted + ([InferencePath("torch", precision, compile=True)] if args.compile else [])
     precisions = ["fp32", "bf16"] if has_fast_bf16() else ["fp32"]
     paths = [InferencePath("torch", p) for p in precisions] + [InferencePath("onnxruntime", "fp32")]
     paths += [InferencePath("openvino", p) for p in precisions]
-    paths += [InferencePath("onnxruntime", "int8")] if args.calibration else []
+    paths += [InferencePath(b, "int8") for b in ("onnxruntime", "openvino")] if args.calibration else []
     return paths + ([InferencePath("torch", p, compile=True) for p in precisions] if args.compile else [])
 
 

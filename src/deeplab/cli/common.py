@@ -81,8 +81,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference engine (default: torch; .onnx files run on onnxruntime); auto: the fastest "
                              "here, timed on the first image")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
-                        help="fp32 (default, exact), bf16 (CPUs with AVX512-BF16/AMX), int8 (ONNX Runtime, "
-                             "calibrated on --calibration images), auto: the fastest fp32/bf16 path within 99.5 %% "
+                        help="fp32 (default, exact), bf16 (CPUs with AVX512-BF16/AMX), int8 (ONNX Runtime, or "
+                             "--backend openvino / auto; calibrated on --calibration images), auto: the fastest fp32/bf16 path within 99.5 %% "
                              "label agreement with fp32 on the first image")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
                         help="int8: images like the ones to segment (the first 16 of the folder, or one file)")
@@ -122,8 +122,9 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     precision = args.precision
     default_backend = "onnxruntime" if loaded.kind == "onnx" or precision == "int8" else "torch"
     backend = args.backend or default_backend
-    if loaded.kind == "onnx" and (backend != "onnxruntime" or precision == "bf16"):
-        raise ValueError(f"{args.weights}: an .onnx file runs with --backend onnxruntime in fp32")
+    if loaded.kind == "onnx" and (backend not in ("onnxruntime", "openvino") or precision == "bf16"):
+        raise ValueError(f"{args.weights}: an .onnx file runs as it was exported (fp32 or int8), with --backend "
+                         "onnxruntime or openvino")
     if precision == "int8":
         check_int8_path(backend, onnx_file=loaded.kind == "onnx")
     if backend == "onnxruntime" and loaded.kind != "onnx" and precision == "bf16":
@@ -135,7 +136,7 @@ def build_predictor(args: argparse.Namespace, *, keep_probabilities: bool = Fals
     source = getattr(args, "calibration", None) if precision in ("int8", "auto") else None
     calibration = calibration_for(source, loaded.card.normalization, required=precision == "int8")
     if loaded.kind == "onnx":  # it runs as it was exported: fp32, or int8 (`deeplab export --precision int8`)
-        path = InferencePath("onnxruntime", loaded.backend.header.get("precision", "fp32"))
+        path = InferencePath(backend, loaded.backend.header.get("precision", "fp32"))
     elif "auto" in (backend, precision):
         if sample is None:
             raise ValueError("--backend/--precision auto need an image to time the candidates on")

@@ -26,8 +26,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=positive_int, default=8000)
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                        help="bf16: on CPUs with AVX512-BF16/AMX; int8: ONNX Runtime, calibrated on --calibration "
-                             "(see deeplab benchmark)")
+                        help="bf16: on CPUs with AVX512-BF16/AMX; int8: ONNX Runtime (default) or --backend openvino, "
+                             "calibrated on --calibration (see deeplab benchmark)")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
                         help="int8: images like the ones to segment (the first 16 of the folder, or one file)")
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,

@@ -19,21 +19,22 @@ from ..inference.predictor import Predictor
 from ..models.folding import fold_batchnorm
 from ..utils.machine import has_fast_bf16
 from ..utils.optional import MissingDependencyError
-from .runtimes import BACKENDS, InferencePath, build_runner
+from .runtimes import BACKENDS, InferencePath, build_runner, exported_runner
 
 AUTO_MIN_AGREEMENT = 0.995  # auto never picks a path whose labels differ from fp32's on more pixels than this
 AUTO_RUNS = 3
 
 
 def candidates(backend: str, precision: str, *, int8: bool = False) -> list[InferencePath]:
-    """The paths ``auto`` chooses among (an explicit backend or precision pins that part); ``int8`` adds ONNX
-    Runtime's int8 (it needs calibration images) — like every candidate, only chosen within the tolerance."""
+    """The paths ``auto`` chooses among (an explicit backend or precision pins that part); ``int8`` adds the
+    int8 paths of ONNX Runtime and OpenVINO (they need calibration images) — like every candidate, only chosen
+    within the tolerance."""
     backends = list(BACKENDS) if backend == "auto" else [backend]
     precisions = (["fp32", "bf16"] if has_fast_bf16() else ["fp32"]) if precision == "auto" else [precision]
     if int8 and precision == "auto":
         precisions.append("int8")
     return [InferencePath(b, p) for b in backends for p in precisions
-            if not (b == "onnxruntime" and p == "bf16") and not (p == "int8" and b != "onnxruntime")]
+            if not (b == "onnxruntime" and p == "bf16") and not (p == "int8" and b == "torch")]
 
 
 def _seconds(run: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
@@ -75,8 +76,9 @@ def fast_predictor(loaded: LoadedModel, path: InferencePath, *, output_stride: i
                    threads: int | None = None, calibration: Sequence[torch.Tensor] = (),
                    **kwargs: Any) -> Predictor:
     """A Predictor for ``loaded`` on ``path``; ``kwargs`` go to the Predictor (scales, flip, tile, ...)."""
-    if loaded.model is None:  # an exported graph: it runs as it is
-        return Predictor.from_loaded(loaded, output_stride=output_stride, **kwargs)
+    if loaded.model is None:  # an exported graph: it runs as it was exported, on ONNX Runtime or OpenVINO
+        backend = exported_runner(loaded.backend, path.backend, threads)
+        return Predictor.from_loaded(loaded, output_stride=output_stride, backend=backend, **kwargs)
     if path == InferencePath("torch", "fp32"):
         fold_batchnorm(loaded.model, inplace=True)
         return Predictor.from_loaded(loaded, output_stride=output_stride, **kwargs)

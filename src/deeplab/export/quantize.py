@@ -1,8 +1,8 @@
-"""int8: the model exported to ONNX, statically quantized by ONNX Runtime on a few real images, run by it.
+"""int8: the model exported to ONNX, statically quantized by ONNX Runtime on a few real images.
 
 Post-training quantization with QDQ nodes: per-channel int8 weights, uint8 activations whose ranges come
-from running the float model on calibration images (min/max). ONNX Runtime runs the quantized convolutions
-with the CPU's int8 dot-product instructions (AVX512-VNNI / AVX-VNNI, AMX-INT8) where it has them. The
+from running the float model on calibration images (min/max). ONNX Runtime and OpenVINO both run the file
+(``runtimes.py``), each with the CPU's int8 dot-product instructions (AVX512-VNNI / AVX-VNNI, AMX-INT8). The
 images should look like what will be segmented; a handful (8–16) is enough for the ranges — the tests
 state the mIoU it costs on real labels.
 """
@@ -71,9 +71,11 @@ def calibration_for(source: str | os.PathLike | None, normalization: Normalizati
 
 
 def check_int8_path(backend: str | None, *, onnx_file: bool) -> None:
-    """int8 is ONNX Runtime's static quantization of a torch model: refuse other backends and exported files."""
-    if backend not in (None, "onnxruntime") or onnx_file:
-        raise ValueError("--precision int8 runs on --backend onnxruntime, from a torch model file (not .onnx)")
+    """int8 is the static quantization of a torch model, run by ONNX Runtime or OpenVINO: refuse torch and
+    exported files (an exported int8 file runs as it is, without ``--precision``)."""
+    if backend not in (None, "onnxruntime", "openvino", "auto") or onnx_file:
+        raise ValueError("--precision int8 runs on --backend onnxruntime or openvino, from a torch model file "
+                         "(an int8 .onnx runs as it is)")
 
 
 class _Reader:
@@ -202,14 +204,5 @@ def write_int8_onnx(model: nn.Module, calibration: Sequence[Tensor], path: str |
     return atomic_write_bytes(path, proto.SerializeToString())
 
 
-def quantize_int8(model: nn.Module, calibration: Sequence[Tensor], threads: int | None = None):
-    """``model`` as an int8 ONNX Runtime model (``OnnxRuntimeModel``; ``write_int8_onnx`` says how)."""
-    from ..inference.backends import OnnxRuntimeModel
-
-    with tempfile.TemporaryDirectory() as folder:
-        quantized = write_int8_onnx(model, calibration, Path(folder) / "int8.onnx")
-        return OnnxRuntimeModel(quantized, threads=threads)  # the session holds the graph; the file can go
-
-
 __all__ = ["CALIBRATION_LIMIT", "INT8_RULES", "calibration_for", "calibration_images", "graph_input",
-           "overflow_safe_overrides", "quantize_int8", "resolve_int8_rule", "write_int8_onnx"]
+           "overflow_safe_overrides", "resolve_int8_rule", "write_int8_onnx"]

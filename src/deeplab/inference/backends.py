@@ -72,10 +72,14 @@ class OnnxRuntimeModel:
     def run(self, array: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(array)})[0]
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def check_logits_graph(self) -> None:
+        """A model backend takes a normalised float batch and returns logits: say how to export one if not."""
         if self.input_type != "tensor(float)" or self.header.get("output", "logits") != "logits":
             raise ValueError(f"{self.path}: takes {self.input_type} and returns {self.header.get('output')}; as a "
                              "model backend export it without --include-preprocessing and with logits output")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_logits_graph()
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.run(array)).to(x.device)
 

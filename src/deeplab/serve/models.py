@@ -24,7 +24,7 @@ Options = tuple[int | None, tuple[float, ...], bool, bool]  # (output stride, sc
 class ModelPool:
     """``backend``/``precision``: the inference path (``torch`` fp32 by default, batch norm folded — the only
     one whose output stride a request may change; the others run a copy converted at the model's stride);
-    int8 runs on ONNX Runtime, quantized at start-up on the ``calibration`` images."""
+    int8 runs on ONNX Runtime (or OpenVINO), quantized at start-up on the ``calibration`` images."""
 
     def __init__(self, path: str | Path, *, backend: str | None = None, precision: str = "fp32",
                  device: str = "cpu", calibration: str | Path | None = None) -> None:
@@ -66,13 +66,18 @@ class ModelPool:
 
     def _prepare_path(self) -> None:
         from ..export.quantize import calibration_for
-        from ..export.runtimes import InferencePath, build_runner
+        from ..export.runtimes import InferencePath, build_runner, exported_runner
         from ..models.folding import fold_batchnorm
 
         model = self.loaded.model
-        if model is None:  # an exported graph runs as it is
-            if self.backend_name not in (None, "onnxruntime") or self.precision != "fp32":
-                raise ValueError(f"{self.path}: an .onnx file runs with --backend onnxruntime in fp32")
+        if model is None:  # an exported graph runs as it was exported (fp32 or int8)
+            if self.backend_name not in (None, "onnxruntime", "openvino") or self.precision != "fp32":
+                raise ValueError(f"{self.path}: an .onnx file runs as it was exported, with --backend onnxruntime "
+                                 "or openvino")
+            self.backend_name = self.backend_name or "onnxruntime"
+            self.precision = self.loaded.backend.header.get("precision", "fp32")
+            if self.backend_name == "openvino":
+                self.runner = exported_runner(self.loaded.backend, "openvino")
             return
         path = InferencePath(self.backend_name or "torch", self.precision)
         if path == InferencePath():
@@ -83,7 +88,7 @@ class ModelPool:
 
     @property
     def path_name(self) -> str:
-        return "onnxruntime fp32" if self.loaded.model is None else f"{self.backend_name or 'torch'} {self.precision}"
+        return f"{self.backend_name or 'torch'} {self.precision}"
 
     def predictor(self, options: Options) -> Predictor:
         with self.lock:
