@@ -5,6 +5,7 @@ load average — timings on a busy 2-core machine mean little, so the load is pa
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 
@@ -22,12 +23,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, read once (model code asks on every call)."""
     with contextlib.suppress(OSError):
         for line in open("/proc/cpuinfo"):
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def cpu_features() -> list[str]:
@@ -39,6 +42,11 @@ def cpu_features() -> list[str]:
 def has_fast_bf16() -> bool:
     """bf16 matrix instructions (AVX512-BF16 or AMX): where bf16 autocast pays instead of emulating."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def has_amx() -> bool:
+    """AMX bf16 tile instructions: oneDNN's bf16 kernels there have shapes they run slowly (``AtrousConv2d``)."""
+    return "amx_bf16" in cpu_flags()
 
 
 def has_vnni() -> bool:
