@@ -5,7 +5,6 @@ load average — timings on a busy 2-core machine mean little, so the load is pa
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import platform
 
@@ -23,14 +22,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags, read once (model code asks on every call)."""
+def _read_cpu_flags() -> frozenset[str]:
     with contextlib.suppress(OSError):
         for line in open("/proc/cpuinfo"):
             if line.startswith("flags"):
                 return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+CPU_FLAGS = _read_cpu_flags()  # read once, at import: model code asks on every call, also while torch.compile traces
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags."""
+    return CPU_FLAGS
 
 
 def cpu_features() -> list[str]:
