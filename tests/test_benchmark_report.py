@@ -40,3 +40,17 @@ def test_rows_give_known_shares_of_peak_and_a_dash_without_one() -> None:
 
     results = rows(measured, flops=10 * GFLOP, batch=1, peaks={"fp32": 400.0, "bf16": 800.0, "int8": 1000.0})
     assert [r["of_peak"] for r in results] == pytest.approx([0.25, 0.5, 0.25])
+
+
+def test_the_int8_peak_is_a_convolution_and_leaves_torchs_quantized_engine_as_it_was() -> None:
+    import torch
+
+    from deeplab.benchmark.peaks import _int8_conv_rate, compute_rates
+
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch build has no oneDNN quantized engine")
+    before = torch.backends.quantized.engine
+    assert _int8_conv_rate(64, 3, 16) > 0
+    assert torch.backends.quantized.engine == before
+    rates = compute_rates()
+    assert {"fp32", "bf16", "int8", "fp32 matmul"} <= set(rates) and all(v > 0 for v in rates.values())

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
           f"batch; agreement on {photo.name}")
     usable = ceilings(peaks)
     print("compute rates here (peaks: best convolution): " + ", ".join(
-        f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"
+        f"{k} {v:.0f} G{'OP' if k.startswith('int8') else 'FLOP'}/s"
         + (" (below fp32: emulated, no peak)" if k in ("bf16", "int8") and k not in usable else "")
         for k, v in peaks.items()))
     print(table(results))
