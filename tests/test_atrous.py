@@ -114,14 +114,18 @@ def test_taps_as_one_matmul_only_where_the_dilated_kernel_is_slow(monkeypatch: p
     monkeypatch.setattr(atrous, "has_amx", lambda: True)
     wide = AtrousConv2d(2048, 8, 3, padding=12, dilation=12)
     x = torch.zeros(1, 2048, 5, 5)
-    with torch.autocast("cpu", torch.bfloat16):
-        assert wide.taps_as_one_matmul(x) and wide.taps_as_one_matmul(x.bfloat16())
-        assert not AtrousConv2d(1024, 8, 3, padding=12, dilation=12).taps_as_one_matmul(x[:, :1024])
-        assert not AtrousConv2d(2048, 8, 3, padding=2, dilation=2).taps_as_one_matmul(x)
-        assert not AtrousConv2d(2048, 2048, 3, padding=12, dilation=12, groups=2048).taps_as_one_matmul(x)
-    assert not wide.taps_as_one_matmul(x)  # fp32: oneDNN's dilated kernel is the fast one
+    with torch.no_grad():
+        with torch.autocast("cpu", torch.bfloat16):
+            assert wide.taps_as_one_matmul(x) and wide.taps_as_one_matmul(x.bfloat16())
+            assert not AtrousConv2d(1024, 8, 3, padding=12, dilation=12).taps_as_one_matmul(x[:, :1024])
+            assert not AtrousConv2d(2048, 8, 3, padding=2, dilation=2).taps_as_one_matmul(x)
+            assert not AtrousConv2d(2048, 2048, 3, padding=12, dilation=12, groups=2048).taps_as_one_matmul(x)
+        assert not wide.taps_as_one_matmul(x)  # fp32: oneDNN's dilated kernel is the fast one
+    with torch.autocast("cpu", torch.bfloat16):  # training: the dilated kernel's backward is the faster one
+        assert not wide.taps_as_one_matmul(x)
+        assert wide.requires_grad_(False).taps_as_one_matmul(x)  # nothing to differentiate: inference
     monkeypatch.setattr(atrous, "has_amx", lambda: False)
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         assert not wide.taps_as_one_matmul(x)
 
 
