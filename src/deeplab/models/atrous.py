@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..utils.machine import has_amx
+from .depthwise import Conv2d, conv2d
 
 # oneDNN's AMX bf16 convolution slows down past these (native / one matmul, ms, 2 threads, Xeon with AMX, 256
 # output channels): 2048 inputs at 33×33 r2 15.5 / 26.7, r6 55.1 / 27.4; at 65×65 r2 52.1 / 61.1, r6 161 / 70,
@@ -40,8 +41,9 @@ def _capturing_for_export() -> bool:
             or torch.compiler.is_exporting())
 
 
-class AtrousConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict names) whose 3×3 "same" atrous filter skips the taps that
+class AtrousConv2d(Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict names; depthwise ones in fp32 under bf16 autocast, as
+    ``depthwise.Conv2d``) whose 3×3 "same" atrous filter skips the taps that
     only ever read padding on the input it is given."""
 
     def _prunable(self) -> bool:
@@ -104,4 +106,4 @@ class AtrousConv2d(nn.Conv2d):
         if rows == slice(None) and cols == slice(None):
             return super().forward(x)
         padding = (0 if rows.start == 1 else self.padding[0], 0 if cols.start == 1 else self.padding[1])
-        return F.conv2d(x, self.weight[:, :, rows, cols], self.bias, 1, padding, self.dilation, self.groups)
+        return conv2d(x, self.weight[:, :, rows, cols], self.bias, 1, padding, self.dilation, self.groups)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..depthwise import Conv2d
 from .base import (
     Backbone,
     FeatureInfo,
@@ -59,8 +60,8 @@ class ConvBNReLU6(nn.Sequential):
                  groups: int = 1, dilation: int = 1) -> None:
         padding = (kernel_size - 1) // 2 * dilation
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation=dilation,
-                      groups=groups, bias=False),
+            Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation=dilation, groups=groups,
+                   bias=False),  # depthwise ones (groups > 1) run in fp32 under CPU bf16 autocast
             nn.BatchNorm2d(out_channels),
             nn.ReLU6(inplace=True),
         )

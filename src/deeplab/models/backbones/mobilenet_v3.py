@@ -19,6 +19,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..depthwise import Conv2d
 from .base import Backbone, FeatureInfo, StagePlan, check_output_stride, plan_stages, set_conv_geometry
 from .mobilenet import _make_divisible
 
@@ -57,8 +58,8 @@ class ConvBNActivation(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
                  activation: type[nn.Module] | None = nn.Hardswish) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2,
-                                             groups=groups, bias=False), BatchNorm(out_channels)]
+        layers: list[nn.Module] = [Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2,
+                                          groups=groups, bias=False), BatchNorm(out_channels)]
         if activation is not None:
             layers.append(activation(inplace=True))
         super().__init__(*layers)

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ..depthwise import Conv2d
 from .base import (
     Backbone,
     FeatureInfo,
@@ -47,8 +48,8 @@ class SeparableConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride, padding=dilation,
-                                   dilation=dilation, groups=in_channels, bias=False)
+        self.depthwise = Conv2d(in_channels, in_channels, 3, stride, padding=dilation,
+                                dilation=dilation, groups=in_channels, bias=False)
         self.depthwise_bn = nn.BatchNorm2d(in_channels)
         self.depthwise_relu = nn.ReLU(inplace=True)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
