@@ -196,7 +196,8 @@ def test_openvino_runs_the_int8_graph_onnx_runtime_runs(tflite_file: Path, share
         assert (ov == ort).double().mean() > 0.985, photo.name
         assert (ov == fp32).double().mean() > (ort == fp32).double().mean() - 0.01, photo.name
     request = next(iter(openvino.compiled.values()))[0]
-    precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in request.get_runtime_model().get_ordered_ops()
+    ops = request.get_runtime_model().get_ordered_ops()
+    precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in ops
                   if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
     assert "u8" in precisions  # int8 kernels, not a float emulation of the quantized graph
 

@@ -82,8 +82,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "here, timed on the first image")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
                         help="fp32 (default, exact), bf16 (CPUs with AVX512-BF16/AMX), int8 (ONNX Runtime, or "
-                             "--backend openvino / auto; calibrated on --calibration images), auto: the fastest fp32/bf16 path within 99.5 %% "
-                             "label agreement with fp32 on the first image")
+                             "--backend openvino / auto; calibrated on --calibration images), auto: the fastest "
+                             "fp32/bf16 path within 99.5 %% label agreement with fp32 on the first image")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FOLDER",
                         help="int8: images like the ones to segment (the first 16 of the folder, or one file)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

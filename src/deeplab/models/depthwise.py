@@ -29,9 +29,9 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int]
            padding: Sequence[int] | int = 0, dilation: Sequence[int] | int = 1, groups: int = 1) -> Tensor:
     """``F.conv2d``; a depthwise one (one input channel per group) under CPU bf16 autocast, while autograd
     records, is computed in fp32 and returned in bf16, as autocast would return it."""
-    depthwise = groups > 1 and weight.shape[1] == 1 and groups == x.shape[1]
-    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if not (depthwise and training and _in_cpu_bf16_autocast(x)):
+    # autocast first: graph capture for export runs without it, so shapes (traced values there) are never read
+    training = _in_cpu_bf16_autocast(x) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if not (training and groups > 1 and weight.shape[1] == 1):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     with torch.autocast("cpu", enabled=False):
         out = F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
