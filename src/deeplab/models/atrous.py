@@ -13,7 +13,7 @@ at rate 12, 586 ms at rate 36 — slower than fp32's 87 ms), and those are ASPP'
 Xception. There ``AtrousConv2d`` computes the kept taps as one 1×1 convolution with a block of output channels
 per tap — a plain matrix multiply, which runs at the AMX rate — and adds each block, shifted by its tap's
 offset, into an fp32 sum: the same convolution (to float rounding; the fp32 sum rounds less than the kernel's
-bf16 output), 3.9–8.8× faster on those branches (``taps_as_one_matmul`` says where).
+bf16 output), 2.7–12× faster on those branches (``taps_as_one_matmul`` says where).
 
 Graph capture for export (tracing, ONNX, ``torch.export``) always records the full filter, since an exported
 graph must hold for every input size; ``torch.compile`` specialises on the shape, so it keeps the pruning

@@ -6,9 +6,10 @@ kernel. Measured on a Xeon with AMX (2 threads, batch 8, forward / forward + bac
 120×160 stride 2 fp32 4.1 / 89, bf16 10.1 / 198; 960 channels at 15×20 rate 2 fp32 1.7 / 29, bf16 2.4 / 74;
 144 channels at 60×80 fp32 3.1 / 21, bf16 4.4 / 30. So while autograd records, a depthwise convolution under
 bf16 autocast reads its input in fp32 and hands bf16 on: the DeepLabV3+ MobileNetV2 CamVid training step went
-from 6.2 to 7.3 images/s. The arithmetic is fp32's — closer to fp32 than the bf16 kernel, never further. At
-inference (batch 1, no backward) the bf16 kernel is the faster one (the CamVid DeepLabV3-MobileNetV2 in eager
-bf16: 33.5 ms, 50.7 with fp32 depthwise), so it keeps it.
+from 6.2 to 7.3 images/s timed alone (5.55 to 6.97 in `deeplab train`, loader included). The arithmetic is
+fp32's — closer to fp32 than the bf16 kernel, never further. At inference (batch 1, no backward) the bf16
+kernel is the faster one (the CamVid DeepLabV3-MobileNetV2 in eager bf16: 33.5 ms, 50.7 with fp32 depthwise),
+so it keeps it.
 """
 
 from __future__ import annotations
