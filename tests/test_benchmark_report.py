@@ -1,10 +1,14 @@
-"""The benchmark's share-of-peak arithmetic: known answers, and no ceiling from an emulated kernel."""
+"""The benchmark: share-of-peak arithmetic with known answers, no ceiling from an emulated kernel, and
+round-robin timing that measures each path at its steady rate."""
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 
-from deeplab.benchmark.measure import Measured
+from deeplab.benchmark.measure import Measured, time_round_robin
 from deeplab.benchmark.peaks import ceilings
 from deeplab.benchmark.report import rows, table
 
@@ -54,3 +58,22 @@ def test_the_int8_peak_is_a_convolution_and_leaves_torchs_quantized_engine_as_it
     assert torch.backends.quantized.engine == before
     rates = compute_rates()
     assert {"fp32", "bf16", "int8", "fp32 matmul"} <= set(rates) and all(v > 0 for v in rates.values())
+
+
+def test_round_robin_times_each_path_as_it_runs_in_a_loop_not_just_after_a_neighbour() -> None:
+    """A path that is slow on the first call after another path (a neighbour's threads still spinning on the
+    cores) is timed at its steady rate, every path is timed once per round, and the calls interleave."""
+    calls: list[str] = []
+
+    def runner(name: str, steady: float, after_switch: float):
+        def run(_: object) -> None:
+            time.sleep(after_switch if calls and calls[-1] != name else steady)
+            calls.append(name)
+        return run
+
+    times = time_round_robin({"a": runner("a", 0.002, 0.05), "b": runner("b", 0.004, 0.05)}, None,
+                             warmup=1, repeats=3)  # type: ignore[arg-type]
+    assert [len(v) for v in times.values()] == [3, 3]
+    assert max(times["a"]) < 0.03 and max(times["b"]) < 0.03       # no timed call paid the switch
+    assert statistics.median(times["b"]) > statistics.median(times["a"])  # the steady rates, in order
+    assert calls[2:] == ["a", "a", "b", "b"] * 3                    # warm-up, then pairs, round-robin
