@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_camvid, make_config, single_thread
-from deeplab.data.datasets import camvid_dataset
+from deeplab.data.datasets import build_dataset, camvid_dataset
 from deeplab.data.groups import select_groups, split_by_group
 from deeplab.training import runner
 
@@ -31,6 +31,24 @@ def test_camvid_drives_are_held_out_whole(shared_data: Path) -> None:
         split_by_group(train, ["0006R0"], pattern="^0006")
     with pytest.raises(ValueError, match="does not match the group pattern"):
         split_by_group(train, ["0006R0"], pattern="^(0006R0)_")
+
+
+def test_a_union_of_splits_holds_the_drive_out_of_every_part(shared_data: Path) -> None:
+    """``train+val``: CamVid's val clip (drive 0016E5) joins training, and holding out 0006R0 still leaves no
+    frame of that drive in training."""
+    union = build_dataset("camvid", root=shared_data / "camvid", split="train+val")
+    train, val = (camvid_dataset(shared_data / "camvid", s) for s in ("train", "val"))
+    assert union.pairs == train.pairs + val.pairs and len(union) == 367 + 101
+    rest, held = split_by_group(union, ["0006R0"])
+    assert (len(rest), len(held)) == (62 + 204 + 101, 101)
+    assert held.pairs == [pair for pair in train.pairs if pair[0].name.startswith("0006R0_")]
+    assert union.read(367).image_path == val.pairs[0][0] and union.read(367).label is not None
+    with pytest.raises(ValueError, match="join distinct split names"):
+        build_dataset("camvid", root=shared_data / "camvid", split="train+train")
+    with pytest.raises(ValueError, match="join distinct split names"):
+        build_dataset("camvid", root=shared_data / "camvid", split="train+")
+    with pytest.raises(ValueError, match="nope: images folder does not exist"):
+        build_dataset("camvid", root=shared_data / "camvid", split="train+nope")
 
 
 def test_training_validates_on_the_held_out_drive(shared_data: Path, tmp_path: Path,

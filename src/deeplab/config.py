@@ -62,7 +62,8 @@ WEIGHT_SOURCES = ("backbone_weights", "init_weights", "finetune")  # ModelConfig
 class DataConfig:
     dataset: str = "voc"                     # voc | camvid | cityscapes | folder
     root: str = ""
-    train_split: str | None = None           # None: the dataset's train split (folder: every matched pair)
+    train_split: str | None = None           # None: the dataset's train split (folder: every matched pair);
+                                             # train+val: the union of the named splits
     val_split: str | None = None             # None: the dataset's val split (folder: val_fraction of the pairs)
     val_fraction: float = 0.1                # folder dataset without a val split: held out, seeded by train.seed
     ignore_index: int | None = None          # None: the dataset's (255)

@@ -156,7 +156,8 @@ def build_dataset(name: str, *, root: PathLike | None = None, split: str | None 
                   label_map: dict[int, int] | None = None, transform: Callable | None = None) -> SegmentationDataset:
     """One entry point for the command line and configs; usage mistakes raise ``ValueError``.
 
-    ``split``: a split name or list file (the folder dataset without one uses every matched pair);
+    ``split``: a split name or list file (the folder dataset without one uses every matched pair), or several
+    joined by ``+`` (``train+val``: their union, in that order);
     ``ignore_index`` and ``label_map`` (stored mask value → training label, e.g. ``{255: 1}`` for 0/255 binary
     masks) override the dataset's own."""
     if name not in DATASETS:
@@ -169,8 +170,20 @@ def build_dataset(name: str, *, root: PathLike | None = None, split: str | None 
     elif root is None:
         raise ValueError(f"the {name} dataset needs its root folder")
     else:
-        dataset = DATASETS[name](root, split or DEFAULT_SPLITS[name], transform=transform)
+        parts = [DATASETS[name](root, part, transform=transform)
+                 for part in _split_parts(split or DEFAULT_SPLITS[name])]
+        dataset = parts[0] if len(parts) == 1 else SegmentationDataset(
+            [pair for part in parts for pair in part.pairs], parts[0].info, transform)
     return with_labels(dataset, ignore_index, label_map)
+
+
+def _split_parts(split: str) -> list[str]:
+    """``train+val`` → ``["train", "val"]``: a union of a dataset's splits (more frames of the drives, cities or
+    patients they hold — e.g. the published CamVid models train on train + val); each split at most once."""
+    parts = [part.strip() for part in split.split("+")]
+    if any(not part for part in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"split {split!r}: join distinct split names with '+', e.g. train+val")
+    return parts
 
 
 def with_labels(dataset: SegmentationDataset, ignore_index: int | None,
