@@ -156,8 +156,8 @@ def build_dataset(name: str, *, root: PathLike | None = None, split: str | None 
                   label_map: dict[int, int] | None = None, transform: Callable | None = None) -> SegmentationDataset:
     """One entry point for the command line and configs; usage mistakes raise ``ValueError``.
 
-    ``split``: a split name or list file (the folder dataset without one uses every matched pair), or several
-    joined by ``+`` (``train+val``: their union, in that order);
+    ``split``: a split name or list file (the folder dataset without one uses every matched pair); for the named
+    datasets also several joined by ``+`` (``train+val``: their union, in that order);
     ``ignore_index`` and ``label_map`` (stored mask value → training label, e.g. ``{255: 1}`` for 0/255 binary
     masks) override the dataset's own."""
     if name not in DATASETS:
